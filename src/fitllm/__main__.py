@@ -1,0 +1,3 @@
+from fitllm.cli import main
+
+raise SystemExit(main())

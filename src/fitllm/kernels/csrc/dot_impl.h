@@ -1,0 +1,299 @@
+/* Matrix products on raw GGUF blocks. Included three times: portable C, AVX2 and
+ * AVX-512 VNNI (see dot_*.c); FL_SIMD / FL_VNNI select the instruction set.
+ *
+ * Every block format is read as: per 32-element chunk, unsigned quants u (Q8_0: signed) and
+ * per 16 elements a scale and an offset, value = scale * u + offset. The dot product with 8-bit
+ * activations a (scale da) is then  da * (scale * sum(u*a)) + offset * da * sum(a),
+ * where da * sum(a) is precomputed per half-chunk (fl_q8.s0/s1). */
+#include "fitllm.h"
+#if FL_SIMD
+#include <immintrin.h>
+#endif
+
+void fl_q3k_scales(const uint8_t *s, int8_t *out);
+void fl_k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn);
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE float h2f(const uint8_t *p) {
+#if FL_SIMD
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+#else
+    return fl_h2f_at(p);
+#endif
+}
+
+/* Scales and offsets per 16 elements of one block (n16 of them); shared by all paths. */
+ALWAYS_INLINE void blk_scales(const int type, const uint8_t *b, float *sc, float *mn) {
+    switch (type) {
+    case FL_Q4_0: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = -8.f * sc[0]; break;
+    case FL_Q4_1: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = h2f(b + 2); break;
+    case FL_Q5_0: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = -16.f * sc[0]; break;
+    case FL_Q5_1: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = h2f(b + 2); break;
+    case FL_Q8_0: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = 0.f; break;
+    case FL_Q2_K: {
+        float d = h2f(b + 80), dmin = h2f(b + 82);
+        for (int g = 0; g < 16; g++) { sc[g] = d * (float)(b[g] & 0xf); mn[g] = -dmin * (float)(b[g] >> 4); }
+    } break;
+    case FL_Q3_K: {
+        float d = h2f(b + 108);
+        int8_t s[16];
+        fl_q3k_scales(b + 96, s);
+        for (int g = 0; g < 16; g++) { sc[g] = d * (float)s[g]; mn[g] = -4.f * sc[g]; }
+    } break;
+    case FL_Q4_K: case FL_Q5_K: {
+        float d = h2f(b), dmin = h2f(b + 2);
+        uint8_t s[8], m[8];
+        fl_k4_scales(b + 4, s, m);
+        for (int c = 0; c < 8; c++) {
+            sc[2 * c] = sc[2 * c + 1] = d * (float)s[c];
+            mn[2 * c] = mn[2 * c + 1] = -dmin * (float)m[c];
+        }
+    } break;
+    case FL_Q6_K: {
+        float d = h2f(b + 208);
+        const int8_t *s = (const int8_t *)(b + 192);
+        for (int g = 0; g < 16; g++) { sc[g] = d * (float)s[g]; mn[g] = -32.f * sc[g]; }
+    } break;
+    }
+}
+
+#if FL_SIMD
+/* byte i = 0xFF where bit i of x is set */
+ALWAYS_INLINE __m256i bits_to_bytes(uint32_t x) {
+#if FL_VNNI
+    return _mm256_movm_epi8(x);
+#else
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+#endif
+}
+
+/* 16 bytes of nibble pairs -> 32 quants: low nibbles first, then high nibbles */
+ALWAYS_INLINE __m256i nibbles_lohi(const uint8_t *p) {
+    __m128i t = _mm_loadu_si128((const __m128i *)p);
+    __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+}
+
+ALWAYS_INLINE __m256i load32(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* 32 bytes shifted right by s bits each, masked */
+ALWAYS_INLINE __m256i shr_mask(__m256i v, int s, int mask) {
+    return _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(s)), _mm256_set1_epi8((char)mask));
+}
+
+/* where bit `bit` of byte i of p is set: add `val` */
+ALWAYS_INLINE __m256i bitplane(const uint8_t *p, int bit, int val) {
+    __m256i m = _mm256_set1_epi8((char)(1 << bit));
+    __m256i hit = _mm256_cmpeq_epi8(_mm256_and_si256(load32(p), m), m);
+    return _mm256_and_si256(hit, _mm256_set1_epi8((char)val));
+}
+
+/* The quants of chunk c (32 elements) of block b, as bytes (unsigned except Q8_0). */
+ALWAYS_INLINE __m256i chunk_quants(const int type, const uint8_t *b, int c) {
+    switch (type) {
+    case FL_Q4_0: return nibbles_lohi(b + 2);
+    case FL_Q4_1: return nibbles_lohi(b + 4);
+    case FL_Q5_0: case FL_Q5_1: {
+        const uint8_t *qh = b + (type == FL_Q5_0 ? 2 : 4);
+        uint32_t h;
+        memcpy(&h, qh, 4);
+        __m256i hb = _mm256_and_si256(bits_to_bytes(h), _mm256_set1_epi8(0x10));
+        return _mm256_or_si256(nibbles_lohi(qh + 4), hb);
+    }
+    case FL_Q8_0: return load32(b + 2);
+    case FL_Q2_K: return shr_mask(load32(b + 16 + 32 * (c >> 2)), 2 * (c & 3), 3);
+    case FL_Q3_K: {
+        __m256i q = shr_mask(load32(b + 32 + 32 * (c >> 2)), 2 * (c & 3), 3);
+        return _mm256_or_si256(q, bitplane(b, c, 4));
+    }
+    case FL_Q4_K: return shr_mask(load32(b + 16 + 32 * (c >> 1)), 4 * (c & 1), 0xf);
+    case FL_Q5_K: {
+        __m256i q = shr_mask(load32(b + 48 + 32 * (c >> 1)), 4 * (c & 1), 0xf);
+        return _mm256_or_si256(q, bitplane(b + 16, c, 16));
+    }
+    case FL_Q6_K: {
+        int h = c >> 2, k = c & 3;
+        __m256i lo = shr_mask(load32(b + 64 * h + 32 * (k & 1)), 4 * (k >> 1), 0xf);
+        __m256i hi = shr_mask(load32(b + 128 + 32 * h), 2 * k, 3);
+        return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+    }
+    }
+    return _mm256_setzero_si256();
+}
+
+/* int32 lanes of sum over groups of 4 of u*s (u unsigned, s signed), as floats.
+ * Lanes 0-3 hold elements 0-15, lanes 4-7 elements 16-31. */
+ALWAYS_INLINE __m256 dot_u8s8(__m256i u, __m256i s) {
+#if FL_VNNI
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s));
+#else
+    __m256i p = _mm256_maddubs_epi16(u, s);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+ALWAYS_INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ALWAYS_INLINE float dot_row_q(const int type, const uint8_t *w, const fl_q8 *a, int64_t nblk) {
+    const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size;
+    __m256 acc = _mm256_setzero_ps();
+    float macc = 0.f;
+    float sc[16] = {0}, mn[16] = {0};
+    for (int64_t i = 0; i < nblk; i++) {
+        const uint8_t *b = w + i * bsz;
+        blk_scales(type, b, sc, mn);
+        for (int c = 0; c < nch; c++) {
+            const fl_q8 *ab = a + i * nch + c;
+            __m256i u = chunk_quants(type, b, c), s = _mm256_loadu_si256((const __m256i *)ab->q);
+            __m256 p;
+            if (type == FL_Q8_0) p = dot_u8s8(_mm256_sign_epi8(u, u), _mm256_sign_epi8(s, u));
+            else p = dot_u8s8(u, s);
+            __m256 scale = _mm256_set_m128(_mm_set1_ps(sc[2 * c + 1] * ab->d), _mm_set1_ps(sc[2 * c] * ab->d));
+            acc = _mm256_fmadd_ps(p, scale, acc);
+            macc += mn[2 * c] * ab->s0 + mn[2 * c + 1] * ab->s1;
+        }
+    }
+    return hsum8(acc) + macc;
+}
+
+ALWAYS_INLINE __m256 load8_float(const int type, const uint8_t *w, int64_t j) {
+    if (type == FL_F32) return _mm256_loadu_ps((const float *)w + j);
+    __m128i h = _mm_loadu_si128((const __m128i *)(w + 2 * j));
+    if (type == FL_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, int64_t n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        acc0 = _mm256_fmadd_ps(load8_float(type, w, j), _mm256_loadu_ps(x + j), acc0);
+        acc1 = _mm256_fmadd_ps(load8_float(type, w, j + 8), _mm256_loadu_ps(x + j + 8), acc1);
+    }
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; j < n; j++) {
+        float v;
+        fl_dequantize_row(type, w + j * FL_TYPES[type].size, 1, &v);
+        s += v * x[j];
+    }
+    return s;
+}
+
+#else /* portable C */
+
+/* The quants of one whole block as small integers (unsigned except Q8_0). */
+ALWAYS_INLINE void blk_quants(const int type, const uint8_t *b, int16_t *u) {
+    switch (type) {
+    case FL_Q4_0: case FL_Q4_1: {
+        const uint8_t *qs = b + (type == FL_Q4_0 ? 2 : 4);
+        for (int j = 0; j < 16; j++) { u[j] = qs[j] & 0xf; u[j + 16] = qs[j] >> 4; }
+    } break;
+    case FL_Q5_0: case FL_Q5_1: {
+        const uint8_t *qh = b + (type == FL_Q5_0 ? 2 : 4);
+        uint32_t h;
+        memcpy(&h, qh, 4);
+        for (int j = 0; j < 16; j++) {
+            u[j] = (qh[4 + j] & 0xf) | (((h >> j) & 1) << 4);
+            u[j + 16] = (qh[4 + j] >> 4) | (((h >> (j + 16)) & 1) << 4);
+        }
+    } break;
+    case FL_Q8_0: for (int j = 0; j < 32; j++) u[j] = (int8_t)b[2 + j]; break;
+    case FL_Q2_K: case FL_Q3_K: {
+        const uint8_t *qs = b + (type == FL_Q2_K ? 16 : 32);
+        for (int e = 0; e < 256; e++) {
+            int c = e / 32, l = e % 32;
+            u[e] = (qs[32 * (c / 4) + l] >> (2 * (c % 4))) & 3;
+            if (type == FL_Q3_K) u[e] |= ((b[l] >> c) & 1) << 2;
+        }
+    } break;
+    case FL_Q4_K: case FL_Q5_K: {
+        const uint8_t *qs = b + (type == FL_Q4_K ? 16 : 48);
+        for (int e = 0; e < 256; e++) {
+            int c = e / 32, l = e % 32;
+            u[e] = (qs[32 * (c / 2) + l] >> (4 * (c & 1))) & 0xf;
+            if (type == FL_Q5_K) u[e] |= ((b[16 + l] >> c) & 1) << 4;
+        }
+    } break;
+    case FL_Q6_K:
+        for (int e = 0; e < 256; e++) {
+            int c = e / 32, l = e % 32, h = c / 4, k = c % 4;
+            int lo = (b[64 * h + 32 * (k & 1) + l] >> (4 * (k >> 1))) & 0xf;
+            u[e] = lo | (((b[128 + 32 * h + l] >> (2 * k)) & 3) << 4);
+        }
+        break;
+    }
+}
+
+ALWAYS_INLINE float dot_row_q(const int type, const uint8_t *w, const fl_q8 *a, int64_t nblk) {
+    const int qk = FL_TYPES[type].blck, bsz = FL_TYPES[type].size;
+    float acc = 0.f, sc[16] = {0}, mn[16] = {0};
+    int16_t u[256];
+    for (int64_t i = 0; i < nblk; i++) {
+        const uint8_t *b = w + i * bsz;
+        blk_scales(type, b, sc, mn);
+        blk_quants(type, b, u);
+        for (int g = 0; g < qk / 16; g++) {
+            const fl_q8 *ab = a + i * (qk / 32) + g / 2;
+            int isum = 0;
+            for (int k = 0; k < 16; k++) isum += u[16 * g + k] * ab->q[16 * (g & 1) + k];
+            acc += sc[g] * ab->d * (float)isum + mn[g] * ((g & 1) ? ab->s1 : ab->s0);
+        }
+    }
+    return acc;
+}
+
+ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, int64_t n) {
+    float s = 0.f, buf[64];
+    for (int64_t j = 0; j < n; j += 64) {
+        int64_t m = n - j < 64 ? n - j : 64;
+        fl_dequantize_row(type, w + j * FL_TYPES[type].size, m, buf);
+        for (int64_t k = 0; k < m; k++) s += buf[k] * x[j + k];
+    }
+    return s;
+}
+#endif
+
+#define FL_PASTE2(a, b) a##b
+#define FL_PASTE(a, b) FL_PASTE2(a, b)
+
+/* one case per type so that dot_row_q is specialised with the type as a constant */
+#define FL_MM_CASE(T)                                                              \
+    case T:                                                                        \
+        for (int64_t r = r0; r < r1; r++)                                          \
+            for (int64_t t = 0; t < T_; t++)                                       \
+                y[t * ldy + r] = dot_row_q(T, w + r * row_bytes, a + t * nb32, nblk); \
+        break;
+
+void FL_PASTE(fl_mm_q_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes, int64_t nb32,
+                                   const fl_q8 *a, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+    const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
+    switch (type) {
+        FL_MM_CASE(FL_Q4_0) FL_MM_CASE(FL_Q4_1) FL_MM_CASE(FL_Q5_0) FL_MM_CASE(FL_Q5_1)
+        FL_MM_CASE(FL_Q8_0) FL_MM_CASE(FL_Q2_K) FL_MM_CASE(FL_Q3_K) FL_MM_CASE(FL_Q4_K)
+        FL_MM_CASE(FL_Q5_K) FL_MM_CASE(FL_Q6_K)
+    }
+}
+
+#define FL_MF_CASE(T)                                                                \
+    case T:                                                                          \
+        for (int64_t r = r0; r < r1; r++)                                            \
+            for (int64_t t = 0; t < T_; t++)                                         \
+                y[t * ldy + r] = dot_row_f(T, w + r * row_bytes, x + t * ncols, ncols); \
+        break;
+
+void FL_PASTE(fl_mm_f_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes, int64_t ncols,
+                                   const float *x, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+    switch (type) { FL_MF_CASE(FL_F32) FL_MF_CASE(FL_F16) FL_MF_CASE(FL_BF16) }
+}

@@ -1,0 +1,81 @@
+/* fitllm compiled core: GGUF block formats, dequantization and matrix products.
+ * Type ids are ggml's, so a GGUF tensor's type number is passed straight through. */
+#ifndef FITLLM_H
+#define FITLLM_H
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum {
+    FL_F32 = 0, FL_F16 = 1, FL_Q4_0 = 2, FL_Q4_1 = 3, FL_Q5_0 = 6, FL_Q5_1 = 7, FL_Q8_0 = 8,
+    FL_Q2_K = 10, FL_Q3_K = 11, FL_Q4_K = 12, FL_Q5_K = 13, FL_Q6_K = 14, FL_BF16 = 30,
+    FL_NTYPES = 31
+};
+
+/* error codes returned by the public functions */
+enum { FL_OK = 0, FL_EBADTYPE = -1, FL_ESIZE = -2, FL_EINDEX = -3, FL_ENOMEM = -4 };
+
+/* ISA levels, chosen at run time */
+enum { FL_ISA_PORTABLE = 0, FL_ISA_AVX2 = 1, FL_ISA_AVX512VNNI = 2 };
+
+/* Activations quantized to 8 bits in blocks of 32, as llama.cpp does for decode.
+ * s0/s1 = d * sum of the first/second 16 quants: they carry the weight blocks' offsets (mins). */
+typedef struct {
+    float d, s0, s1;
+    int8_t q[32];
+} fl_q8;
+
+typedef struct {
+    int blck;  /* elements per block */
+    int size;  /* bytes per block */
+} fl_type_info;
+
+extern const fl_type_info FL_TYPES[FL_NTYPES];
+
+static inline float fl_h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float fl_h2f_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return fl_h2f(h);
+}
+
+static inline float fl_bf2f(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* Per-ISA row kernels: y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1). */
+#define FL_DECLARE_ISA(sfx)                                                                       \
+    void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32,                \
+                       const fl_q8 *a, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
+    void fl_mm_f_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t ncols,               \
+                       const float *x, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy);
+FL_DECLARE_ISA(portable)
+FL_DECLARE_ISA(avx2)
+FL_DECLARE_ISA(vnni)
+
+void fl_dequantize_row(int type, const uint8_t *src, int64_t n, float *dst);
+void fl_quantize_q8(const float *x, int64_t n, fl_q8 *out);
+
+#endif
