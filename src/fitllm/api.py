@@ -1,1 +1,158 @@
+"""A Python API shaped like llama-cpp-python's `Llama`, so code written for it runs unchanged."""
 
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from fitllm import kernels
+from fitllm.generate import decode_step, prefill
+from fitllm.gguf import GGUFFile
+from fitllm.models import load_model
+from fitllm.sampling import SamplingParams, make_sampler
+from fitllm.tokenizer import GGUFTokenizer
+
+log = logging.getLogger(__name__)
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+
+
+class Llama:
+    def __init__(self, model_path: str, *, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
+                 seed: int = LLAMA_DEFAULT_SEED, logits_all: bool = False, verbose: bool = True,
+                 **_ignored: Any) -> None:
+        self.model_path = os.fspath(model_path)
+        if n_threads:
+            kernels.set_threads(n_threads)
+        self._file = GGUFFile(self.model_path)
+        self._model = load_model(self._file)
+        self._tok = GGUFTokenizer(self._file)
+        self._n_ctx = n_ctx if n_ctx > 0 else self._model.hp.n_ctx_train
+        self.n_batch = max(1, min(n_batch, self._n_ctx))
+        self._kv = self._model.new_cache(self._n_ctx)
+        self.logits_all = logits_all
+        self._rng = np.random.default_rng(None if seed == LLAMA_DEFAULT_SEED else seed)
+        self.input_ids: list[int] = []
+        self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
+        self._last_logits: np.ndarray | None = None
+        if verbose:
+            log.info("loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer)
+
+    # --- vocabulary -------------------------------------------------------------------------
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self._tok.encode(text.decode("utf-8", "replace"), add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None,
+                   special: bool = False) -> bytes:
+        out = self._tok.decode(tokens, special)
+        # as llama-cpp-python: drop the space SentencePiece put after a leading BOS
+        if tokens and tokens[0] == self._tok.bos_id and out[:1] == b" ":
+            out = out[1:]
+        return out
+
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def n_vocab(self) -> int:
+        return self._model.hp.n_vocab
+
+    def token_bos(self) -> int:
+        return -1 if self._tok.bos_id is None else self._tok.bos_id
+
+    def token_eos(self) -> int:
+        return -1 if self._tok.eos_id is None else self._tok.eos_id
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self._file.metadata.items() if not isinstance(v, (list, np.ndarray))}
+
+    # --- low level ----------------------------------------------------------------------------
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Logits rows: one per evaluated token with logits_all=True, else the last one."""
+        return self._scores
+
+    def reset(self) -> None:
+        self.input_ids = []
+        self._kv.truncate(0)
+        self._last_logits = None
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        tokens = list(tokens)
+        if not tokens:
+            return
+        start = len(self.input_ids)
+        logits = prefill(self._model, self._kv, tokens, self.n_batch, all_logits=self.logits_all)
+        self.input_ids.extend(tokens)
+        if self.logits_all:
+            self._scores[start:start + len(tokens)] = logits
+            self._last_logits = logits[-1]
+        else:
+            self._scores[0] = self._last_logits = logits
+
+    def _eval_prompt(self, tokens: list[int]) -> None:
+        """Evaluate a prompt, reusing the cached prefix it shares with what was evaluated before."""
+        common = 0
+        for a, b in zip(self.input_ids, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # re-evaluate at least one token for its logits
+        self.input_ids = self.input_ids[:common]
+        self._kv.truncate(common)
+        self.eval(tokens[common:])
+
+    # --- completions --------------------------------------------------------------------------
+    def create_completion(self, prompt: str | list[int], suffix: str | None = None, max_tokens: int | None = 16,
+                          temperature: float = 0.8, top_p: float = 0.95, min_p: float = 0.05,
+                          echo: bool = False, stop: str | list[str] | None = None, stream: bool = False,
+                          seed: int | None = None, repeat_penalty: float = 1.0, top_k: int = 40,
+                          logprobs: int | None = None, **_ignored: Any) -> dict | Iterator[dict]:
+        from fitllm.completion import completion_chunks, completion_result
+
+        prompt_tokens = prompt if isinstance(prompt, list) else self.tokenize(prompt.encode(), special=True)
+        if len(prompt_tokens) >= self._n_ctx:
+            raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self._n_ctx}")
+        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty)
+        rng = np.random.default_rng(seed) if seed is not None else self._rng
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if max_tokens is None or max_tokens <= 0:
+            max_tokens = self._n_ctx - len(prompt_tokens)
+        meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()), model=self.model_path)
+        finish: dict = {}
+        tokens = self._stream_tokens(prompt_tokens, make_sampler(params, rng), max_tokens, finish)
+        echo_text = self.detokenize(prompt_tokens).decode("utf-8", "replace") if echo else ""
+        if stream:
+            return completion_chunks(self, tokens, finish, stops, echo_text, meta)
+        return completion_result(self, tokens, finish, stops, echo_text, meta, len(prompt_tokens))
+
+    __call__ = create_completion
+
+    def _stream_tokens(self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict) -> Iterator[int]:
+        """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation)."""
+        self._eval_prompt(prompt_tokens)
+        finish["reason"] = "length"
+        for _ in range(max_tokens):
+            tok = sample(self._last_logits, self.input_ids)
+            if self._tok.is_eog(tok):
+                finish["reason"] = "stop"
+                return
+            yield tok
+            if len(self.input_ids) >= self._n_ctx:
+                return
+            if self.logits_all:
+                self.eval([tok])
+            else:
+                self._decode_one(tok)
+
+    def _decode_one(self, tok: int) -> None:
+        self._scores[0] = self._last_logits = decode_step(self._model, self._kv, tok)
+        self.input_ids.append(tok)

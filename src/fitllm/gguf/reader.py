@@ -1,0 +1,145 @@
+"""Open a GGUF file with gguf-py's reader (np.memmap) and expose zero-copy tensor views.
+
+Nothing is dequantized here: a Tensor holds the raw block bytes of the mmapped file.
+Every way a file can be bad ends in one GGUFError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+
+from fitllm.quant import SUPPORTED_TYPES
+
+
+class GGUFError(Exception):
+    """A GGUF file that cannot be used; the message says why in one line."""
+
+
+_REQUIRED = object()
+
+
+@dataclass
+class Tensor:
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]  # numpy order: (rows, cols) for a matrix
+    data: np.ndarray  # raw bytes (uint8), a view of the mmapped file
+
+    @property
+    def type_name(self) -> str:
+        return GGMLQuantizationType(self.ggml_type).name
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class _CheckedReader(GGUFReader):
+    """gguf-py's reader, checking each tensor's type and extent before it maps it.
+
+    Element reads go through a plain ndarray view of the same mapping: np.memmap's per-slice
+    overhead made parsing a 262k-token vocabulary take seconds."""
+
+    def _get(self, offset: int, dtype, count: int = 1, override_order=None) -> np.ndarray:
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
+        dt = np.dtype(dtype)
+        count = int(count)
+        arr = plain[offset:offset + dt.itemsize * count].view(dt)[:count]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    def _build_tensors(self, start_offs: int, fields: list) -> None:
+        size = len(self.data)
+        for field in fields:
+            _, name_data, _, dims, raw_dtype, offset = field.parts
+            name = bytes(name_data).decode("utf-8", "replace")
+            try:
+                qtype = GGMLQuantizationType(int(raw_dtype[0]))
+            except ValueError:
+                raise GGUFError(f"tensor {name!r} has unknown tensor type {int(raw_dtype[0])}") from None
+            block, type_size = GGML_QUANT_SIZES[qtype]
+            n = int(np.prod(dims))
+            if n % block:
+                raise GGUFError(f"tensor {name!r}: {n} elements is not a whole number of {qtype.name} blocks")
+            end = start_offs + int(offset[0]) + n // block * type_size
+            if end > size:
+                raise GGUFError(
+                    f"tensor {name!r} runs past the end of the file (needs {end} bytes, file has {size}):"
+                    " the file is truncated or corrupt")
+        super()._build_tensors(start_offs, fields)
+
+
+def _field_value(field) -> Any:
+    if not field.types:
+        return None
+    if field.types[0] == GGUFValueType.ARRAY:
+        sub = field.types[-1]
+        if sub == GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8", "surrogateescape") for i in field.data]
+        return np.concatenate([field.parts[i] for i in field.data]) if field.data else np.array([])
+    if field.types[0] == GGUFValueType.STRING:
+        return bytes(field.parts[field.data[0]]).decode("utf-8", "surrogateescape")
+    return field.parts[field.data[0]][0].item()
+
+
+class GGUFFile:
+    """A parsed GGUF file: `metadata` (key -> value) and `tensors` (name -> Tensor)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise GGUFError(f"{self.path}: no such file")
+        size = os.path.getsize(self.path)
+        if size < 24:
+            raise GGUFError(f"{self.path}: {size} bytes is too small to be a GGUF file")
+        with open(self.path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise GGUFError(f"{self.path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+        try:
+            self._reader = _CheckedReader(self.path, "r")
+        except GGUFError as e:
+            raise GGUFError(f"{self.path}: {e}") from None
+        except Exception as e:  # gguf-py signals a short or garbled header in many ways
+            raise GGUFError(f"{self.path}: truncated or corrupt GGUF header ({type(e).__name__}: {e})") from None
+        self.metadata: dict[str, Any] = {
+            k: _field_value(f) for k, f in self._reader.fields.items() if not k.startswith("GGUF.")}
+        self.tensors: dict[str, Tensor] = {}
+        for t in self._reader.tensors:
+            raw = np.asarray(t.data).reshape(-1).view(np.uint8)
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            self.tensors[t.name] = Tensor(t.name, int(t.tensor_type), shape, raw)
+
+    @property
+    def architecture(self) -> str:
+        return self.get("general.architecture")
+
+    def get(self, key: str, default: Any = _REQUIRED) -> Any:
+        if key in self.metadata:
+            return self.metadata[key]
+        if default is _REQUIRED:
+            raise GGUFError(f"{self.path}: required metadata key {key!r} is missing")
+        return default
+
+    def tensor(self, name: str, required: bool = True) -> Tensor | None:
+        t = self.tensors.get(name)
+        if t is None and required:
+            raise GGUFError(f"{self.path}: required tensor {name!r} is missing")
+        return t
+
+    def check_supported(self) -> None:
+        for t in self.tensors.values():
+            if t.ggml_type not in SUPPORTED_TYPES:
+                names = ", ".join(GGMLQuantizationType(x).name for x in sorted(SUPPORTED_TYPES))
+                raise GGUFError(f"{self.path}: tensor {t.name!r} has type {t.type_name}, which fitllm does"
+                                f" not support (supported: {names})")

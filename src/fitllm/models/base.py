@@ -1,0 +1,116 @@
+"""The decoder skeleton every architecture shares: hyper-parameters, loading, forward pass.
+
+Attribute names are GGUF tensor names (blk[i].attn_q, token_embd, output_norm, ...), so loading
+is a walk over the file's tensor dict. Architectures override `layer` (and `embed` if needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from fitllm.gguf import GGUFError, GGUFFile
+from fitllm.kv_cache import KVCache
+from fitllm.models.layers import Linear, rms_norm
+
+
+@dataclass
+class HParams:
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    norm_eps: float
+    rope_base: float
+    n_rot: int
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile, **extra: Any) -> "HParams":
+        a = f.architecture
+        n_embd, n_head = f.get(f"{a}.embedding_length"), f.get(f"{a}.attention.head_count")
+        head_dim = f.get(f"{a}.attention.key_length", n_embd // n_head)
+        base = dict(
+            n_layer=f.get(f"{a}.block_count"), n_embd=n_embd, n_head=n_head,
+            n_head_kv=f.get(f"{a}.attention.head_count_kv", n_head), head_dim=head_dim,
+            n_ff=f.get(f"{a}.feed_forward_length"),
+            n_vocab=f.tensor("token_embd.weight").shape[0],
+            n_ctx_train=f.get(f"{a}.context_length"),
+            norm_eps=f.get(f"{a}.attention.layer_norm_rms_epsilon"),
+            rope_base=f.get(f"{a}.rope.freq_base", 10000.0),
+            n_rot=f.get(f"{a}.rope.dimension_count", head_dim),
+        )
+        base.update(extra)
+        return cls(**{k.name: base[k.name] for k in fields(cls)})
+
+
+class DecoderModel:
+    hparams_class = HParams
+
+    def __init__(self, f: GGUFFile) -> None:
+        f.check_supported()
+        self.file = f
+        self.hp = self.hparams_class.from_gguf(f)
+        self.blk = [SimpleNamespace() for _ in range(self.hp.n_layer)]
+        for name, t in f.tensors.items():
+            self._place(name, t)
+        if not hasattr(self, "output"):  # tied embeddings
+            self.output = self.token_embd
+        for required in ("token_embd", "output_norm"):
+            if not hasattr(self, required):
+                raise GGUFError(f"{f.path}: required tensor {required}.weight is missing")
+
+    def _place(self, name: str, t) -> None:
+        parts = name.split(".")
+        owner = self
+        if parts[0] == "blk":
+            idx = int(parts[1])
+            if idx >= self.hp.n_layer:
+                raise GGUFError(f"{self.file.path}: tensor {name} is beyond block_count {self.hp.n_layer}")
+            owner, parts = self.blk[idx], parts[2:]
+        attr, kind = parts[0], parts[-1]
+        if len(t.shape) == 1:  # norms and biases are small f32 vectors
+            from fitllm import kernels
+
+            vec = kernels.dequantize(t.ggml_type, t.data, 1, t.shape[0])[0]
+            if kind == "bias":
+                lin = getattr(owner, attr, None)
+                if lin is None:  # bias met before its weight: keep it until then
+                    setattr(owner, attr + "_bias", vec)
+                else:
+                    lin.bias = vec
+            else:
+                setattr(owner, attr, vec)
+        else:
+            lin = Linear(t, getattr(owner, attr + "_bias", None))
+            setattr(owner, attr, lin)
+
+    def new_cache(self, n_ctx: int) -> KVCache:
+        return KVCache(self.hp.n_layer, n_ctx, self.hp.n_head_kv, self.hp.head_dim)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        return self.token_embd.rows(tokens)
+
+    def layer(self, i: int, blk: SimpleNamespace, x: np.ndarray, pos: np.ndarray, kv: KVCache) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Logits (T, vocab) for the new tokens (only the last row unless all_logits)."""
+        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.hp.n_vocab):
+            raise ValueError(f"token id out of range [0, {self.hp.n_vocab})")
+        kv.check_room(tokens.size)
+        pos = np.arange(kv.n, kv.n + tokens.size)
+        x = self.embed(tokens)
+        for i, blk in enumerate(self.blk):
+            x = self.layer(i, blk, x, pos, kv)
+        kv.n += tokens.size
+        if not all_logits:
+            x = x[-1:]
+        return self.output(rms_norm(x, self.output_norm, self.hp.norm_eps))

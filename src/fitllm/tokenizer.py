@@ -1,0 +1,196 @@
+"""Tokenizers rebuilt from GGUF metadata on top of HF `tokenizers`, giving llama.cpp's token ids.
+
+Special tokens are split out first, as llama.cpp does (longest first; control tokens only when
+`special=True`, user-defined ones always); the text between them goes through the BPE model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from fitllm.gguf import GGUFError, GGUFFile
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FITLLM_CACHE", Path.home() / ".cache" / "fitllm"))
+
+# token types (llama.cpp / gguf-py)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+
+#: llama.cpp's pre-tokenizer regexes by `tokenizer.ggml.pre` (applied in sequence)
+PRE_TOKENIZERS: dict[str, list[str]] = {
+    "default": [_GPT2], "gpt-2": [_GPT2], "mpt": [_GPT2], "olmo": [_GPT2],
+    "llama-bpe": [_LLAMA3], "llama3": [_LLAMA3], "falcon3": [_LLAMA3],
+    "qwen2": [_QWEN2], "stablelm2": [_QWEN2],
+    "smollm": [r"\p{N}", _GPT2], "starcoder": [r"\p{N}", _GPT2], "refact": [r"\p{N}", _GPT2],
+    "command-r": [r"\p{N}", _GPT2],
+}
+_IGNORE_MERGES = {"llama-bpe", "llama3", "falcon3"}
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte <-> printable-unicode map, inverted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+class GGUFTokenizer:
+    def __init__(self, f: GGUFFile) -> None:
+        self.kind = f.get("tokenizer.ggml.model")
+        self.tokens: list[str] = f.get("tokenizer.ggml.tokens")
+        n = len(self.tokens)
+        self.types = np.asarray(f.get("tokenizer.ggml.token_type", np.full(n, NORMAL)), dtype=np.int32)
+        self.scores = f.get("tokenizer.ggml.scores", None)
+        self.bos_id = f.get("tokenizer.ggml.bos_token_id", None)
+        self.eos_id = f.get("tokenizer.ggml.eos_token_id", None)
+        self.eot_id = f.get("tokenizer.ggml.eot_token_id", None)
+        spm = self.kind == "llama"
+        self.add_bos = bool(f.get("tokenizer.ggml.add_bos_token", spm))
+        self.add_eos = bool(f.get("tokenizer.ggml.add_eos_token", False))
+        self.add_space_prefix = spm and bool(f.get("tokenizer.ggml.add_space_prefix", True))
+        self._hf = self._cached(f)
+        specials = [i for i in range(n) if self.types[i] in (CONTROL, USER_DEFINED, UNKNOWN) and self.tokens[i]]
+        self._special_ids = {self.tokens[i]: i for i in specials}
+        self._split_all = self._splitter(specials)
+        self._split_user = self._splitter([i for i in specials if self.types[i] == USER_DEFINED])
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tokens)
+
+    def _cached(self, f: GGUFFile) -> Tokenizer:
+        """Build the HF tokenizer, or load it from the cache (building Gemma's 262k vocab takes seconds)."""
+        pre = f.get("tokenizer.ggml.pre", "default")
+        if self.kind == "gpt2" and pre not in PRE_TOKENIZERS:
+            raise GGUFError(f"{f.path}: BPE pre-tokenizer {pre!r} is not supported"
+                            f" (supported: {', '.join(sorted(PRE_TOKENIZERS))})")
+        if self.kind not in ("gpt2", "llama"):
+            raise GGUFError(f"{f.path}: tokenizer model {self.kind!r} is not supported (supported: gpt2, llama)")
+        merges = f.get("tokenizer.ggml.merges", []) if self.kind == "gpt2" else []
+        h = hashlib.sha256(f"v1|{self.kind}|{pre}|".encode())
+        h.update("\n".join(self.tokens).encode("utf-8", "surrogateescape"))
+        h.update("\n".join(merges).encode("utf-8", "surrogateescape"))
+        h.update(self.types.tobytes())
+        if self.scores is not None:
+            h.update(np.asarray(self.scores, np.float32).tobytes())
+        path = cache_dir() / "tokenizers" / f"{h.hexdigest()[:32]}.json"
+        if path.exists():
+            try:
+                return Tokenizer.from_file(str(path))
+            except Exception:  # a damaged cache entry is rebuilt
+                log.warning("rebuilding damaged tokenizer cache %s", path)
+        tok = self._build_bpe(merges, pre) if self.kind == "gpt2" else self._build_spm()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tok.save(str(tmp))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.info("tokenizer cache not written: %s", e)
+        return tok
+
+    def _splitter(self, ids: list[int]) -> re.Pattern | None:
+        if not ids:
+            return None
+        texts = sorted({self.tokens[i] for i in ids}, key=len, reverse=True)
+        return re.compile("(" + "|".join(map(re.escape, texts)) + ")")
+
+    def _build_bpe(self, merges: list[str], pre: str) -> Tokenizer:
+        vocab = {t: i for i, t in enumerate(self.tokens)}
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        tok = Tokenizer(models.BPE(vocab, pairs, ignore_merges=pre in _IGNORE_MERGES))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        return tok
+
+    def _build_spm(self) -> Tokenizer:
+        # SentencePiece merges the adjacent pair whose union scores highest: that is BPE with
+        # merges ranked by the score of the merged piece.
+        vocab = {t: i for i, t in enumerate(self.tokens)}
+        normal = self.types == NORMAL
+        scored = []
+        for i, t in enumerate(self.tokens):
+            if not normal[i] or len(t) < 2:
+                continue
+            for k in range(1, len(t)):
+                a, b = vocab.get(t[:k]), vocab.get(t[k:])
+                if a is not None and b is not None and normal[a] and normal[b]:
+                    scored.append((-float(self.scores[i]), i, t[:k], t[k:]))
+        scored.sort()
+        tok = Tokenizer(models.BPE(vocab, [(a, b) for _, _, a, b in scored], byte_fallback=True,
+                                   unk_token=self.tokens[int(np.argmax(self.types == UNKNOWN))]
+                                   if (self.types == UNKNOWN).any() else None))
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        return tok
+
+    def encode(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids as llama_tokenize(text, add_special=add_bos, parse_special=special) gives them."""
+        out: list[int] = []
+        if add_bos and self.add_bos and self.bos_id is not None:
+            out.append(self.bos_id)
+        splitter = self._split_all if special else self._split_user
+        pieces = splitter.split(text) if splitter else [text]
+        prev_special = True
+        for k, piece in enumerate(pieces):
+            if k % 2:  # a special token
+                out.append(self._special_ids[piece])
+                prev_special = True
+            elif piece:
+                if self.add_space_prefix and prev_special:
+                    piece = " " + piece
+                out.extend(self._hf.encode(piece, add_special_tokens=False).ids)
+                prev_special = False
+        if add_bos and self.add_eos and self.eos_id is not None:
+            out.append(self.eos_id)
+        return out
+
+    @cached_property
+    def _pieces(self) -> list[bytes]:
+        """Bytes of each token as llama_token_to_piece(special=False) renders it."""
+        out = []
+        bd = _byte_decoder() if self.kind == "gpt2" else None
+        for t, ty in zip(self.tokens, self.types.tolist()):
+            if ty in (CONTROL, UNUSED, UNKNOWN) and ty != UNKNOWN or ty == CONTROL:
+                out.append(b"")
+            elif ty == USER_DEFINED:
+                out.append(t.encode("utf-8", "surrogateescape"))
+            elif bd is not None:
+                out.append(bytes(bd.get(c, 0x3F) for c in t) if all(c in bd for c in t) else t.encode())
+            elif ty == BYTE:
+                out.append(bytes([int(t[3:5], 16)]))
+            else:
+                out.append(t.replace("▁", " ").encode("utf-8", "surrogateescape"))
+        return out
+
+    def token_to_piece(self, token: int, special: bool = False) -> bytes:
+        if special and self.types[token] == CONTROL:
+            return self.tokens[token].encode()
+        return self._pieces[token]
+
+    def decode(self, tokens, special: bool = False) -> bytes:
+        return b"".join(self.token_to_piece(int(t), special) for t in tokens)
+
+    def is_eog(self, token: int) -> bool:
+        return token in (self.eos_id, self.eot_id)
