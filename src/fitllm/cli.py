@@ -1,0 +1,93 @@
+"""Command line: thin argparse subcommands that call the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fitllm.gguf import GGUFError
+from fitllm.kv_cache import ContextFullError
+
+
+def _run(a: argparse.Namespace) -> None:
+    from fitllm import kernels
+    from fitllm.api import Llama
+    from fitllm.default_model import default_model_path
+    from fitllm.runner import run
+
+    if a.threads:
+        kernels.set_threads(a.threads)
+    llm = Llama(a.model or str(default_model_path()), n_ctx=a.ctx_size, n_batch=a.batch_size,
+                seed=a.seed if a.seed >= 0 else 0xFFFFFFFF, verbose=False)
+    sampling = dict(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
+                    repeat_penalty=a.repeat_penalty, seed=a.seed if a.seed >= 0 else None)
+    prompt = a.prompt if a.prompt is not None else ("" if a.interactive else "Once upon a time")
+    run(llm, prompt, a.n_predict, sampling, color=a.color, interactive=a.interactive or bool(a.reverse_prompt),
+        reverse_prompts=a.reverse_prompt)
+
+
+def _info(a: argparse.Namespace) -> None:
+    from fitllm.info import describe
+
+    print(describe(a.model))
+
+
+def _bench(a: argparse.Namespace) -> None:
+    from fitllm.bench import run_bench
+    from fitllm.default_model import default_model_path
+
+    print(run_bench(a.model or str(default_model_path()), a.threads, a.n_prompt, a.n_gen, a.rounds, a.vs_llamacpp))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fitllm", description="Run GGUF language models on the CPU.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="generate text (llama.cpp's flags)")
+    r.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+    r.add_argument("-p", "--prompt")
+    r.add_argument("-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until EOS/context)")
+    r.add_argument("-c", "--ctx-size", type=int, default=4096)
+    r.add_argument("-b", "--batch-size", type=int, default=512)
+    r.add_argument("-t", "--threads", type=int)
+    r.add_argument("--temp", type=float, default=0.8)
+    r.add_argument("--top-k", type=int, default=40)
+    r.add_argument("--top-p", type=float, default=0.95)
+    r.add_argument("--min-p", type=float, default=0.05)
+    r.add_argument("--repeat-penalty", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=-1)
+    r.add_argument("--color", action="store_true")
+    r.add_argument("-i", "--interactive", action="store_true")
+    r.add_argument("-r", "--reverse-prompt", action="append", default=[])
+    r.set_defaults(func=_run)
+
+    i = sub.add_parser("info", help="architecture, hyper-parameters and tensor types of a GGUF file")
+    i.add_argument("model")
+    i.set_defaults(func=_info)
+
+    b = sub.add_parser("bench", help="prompt/decode speed, load time and peak RSS (optionally vs llama.cpp)")
+    b.add_argument("-m", "--model")
+    b.add_argument("-t", "--threads", type=int, default=2)
+    b.add_argument("-p", "--n-prompt", type=int, default=128)
+    b.add_argument("-n", "--n-gen", type=int, default=128)
+    b.add_argument("-r", "--rounds", type=int, default=3)
+    b.add_argument("--vs-llamacpp", action="store_true")
+    b.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="fitllm: %(message)s")
+    try:
+        if a.command == "run" and a.ctx_size <= 0:
+            a.ctx_size = 0
+        a.func(a)
+    except (GGUFError, ContextFullError, ValueError, FileNotFoundError) as e:
+        print(f"fitllm: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

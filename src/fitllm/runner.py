@@ -1,0 +1,50 @@
+"""`fitllm run`: stream a completion to the terminal, llama.cpp style, optionally interactive."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from fitllm.api import Llama
+
+GREEN, RESET = "\033[32m", "\033[0m"
+
+
+def stream_completion(llm: Llama, tokens: list[int], max_tokens: int, sampling: dict, stop: list[str],
+                      out: TextIO) -> str:
+    """Print a completion as it is produced; return its text."""
+    text = ""
+    for chunk in llm.create_completion(tokens, max_tokens=max_tokens, stream=True, stop=stop, **sampling):
+        piece = chunk["choices"][0]["text"]
+        text += piece
+        out.write(piece)
+        out.flush()
+    return text
+
+
+def run(llm: Llama, prompt: str, n_predict: int, sampling: dict, color: bool = False, interactive: bool = False,
+        reverse_prompts: list[str] | None = None, out: TextIO = sys.stdout, inp: TextIO = sys.stdin) -> None:
+    """Complete `prompt`; in interactive mode hand over to the user after each turn, which ends at
+    a reverse prompt (then shown, as llama.cpp does) or at end of generation."""
+    stops = list(reverse_prompts or []) if interactive else []
+    out.write((GREEN + prompt + RESET) if color else prompt)
+    transcript = prompt
+    while True:
+        tokens = llm.tokenize(transcript.encode(), add_bos=True, special=True)
+        transcript += stream_completion(llm, tokens, n_predict, sampling, stops, out)
+        if not interactive:
+            out.write("\n")
+            return
+        if stops:
+            out.write(stops[0])
+            transcript += stops[0]
+        else:
+            out.write("\n> ")
+        out.flush()
+        line = inp.readline()
+        if not line:
+            out.write("\n")
+            return
+        if color:
+            out.write(GREEN + line + RESET)
+        transcript += line

@@ -1,0 +1,102 @@
+"""Compiled kernels against gguf-py (dequantization, bit-exact) and float64 numpy (matmul)."""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T, quants
+
+from fitllm import kernels as K
+
+ALL = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+# K-types: gguf-py cannot quantize them, so random blocks with finite fp16 scales (valid data)
+K_SCALES = {T.Q2_K: (84, [80, 82]), T.Q3_K: (110, [108]), T.Q4_K: (144, [0, 2]), T.Q5_K: (176, [0, 2]),
+            T.Q6_K: (210, [208])}
+ISAS = list(range(K.isa_supported() + 1))
+
+
+def make_weights(t, rows, cols, rng):
+    if t in K_SCALES:
+        size, offs = K_SCALES[t]
+        b = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
+        for off in offs:
+            d = (rng.standard_normal((rows, cols // 256, 1)) * 0.01).astype(np.float16)
+            b[..., off:off + 2] = d.view(np.uint8)
+        return b.reshape(rows, -1)
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    return quants.quantize(x, t).view(np.uint8).reshape(rows, -1)
+
+
+def q8_reference(x):
+    """The 8-bit activation quantization the kernels use, in numpy."""
+    b = x.reshape(x.shape[0], -1, 32).astype(np.float32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    d = amax / np.float32(127)
+    with np.errstate(divide="ignore"):
+        idv = np.where(amax > 0, np.float32(127) / amax, 0)
+    q = np.rint(b * idv)
+    return (q * d).reshape(x.shape).astype(np.float64)
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    yield
+    K.set_isa(K.isa_supported())
+
+
+@pytest.mark.parametrize("t", ALL, ids=lambda t: t.name)
+def test_dequantize_bit_exact(t):
+    rng = np.random.default_rng(int(t))
+    w = make_weights(t, 48, 768, rng)
+    ref = quants.dequantize(w, t).astype(np.float32)
+    mine = K.dequantize(int(t), w, 48, 768)
+    assert np.array_equal(ref.view(np.uint32), mine.view(np.uint32))
+    ids = np.array([5, 0, 47, 5])
+    assert np.array_equal(K.get_rows(int(t), w, 48, 768, ids), ref[ids])
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=lambda i: K.ISA_NAMES[i])
+@pytest.mark.parametrize("t", ALL, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_tokens", [1, 7, 40])
+def test_matmul(t, isa, n_tokens):
+    K.set_isa(isa)
+    rng = np.random.default_rng(100 + int(t))
+    rows, cols = 70, 512  # rows not a multiple of the kernels' row tile
+    w = make_weights(t, rows, cols, rng)
+    wf = quants.dequantize(w, t).astype(np.float64)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    y = K.matmul(int(t), w, rows, cols, x)
+    exact = x.astype(np.float64) @ wf.T
+    # llama.cpp's range for 8-bit activations against the exact product
+    assert np.linalg.norm(y - exact) / np.linalg.norm(exact) < 1e-2
+    if t in (T.F32, T.F16, T.BF16):
+        np.testing.assert_allclose(y, exact, rtol=1e-4, atol=1e-4)
+    else:  # with the activations quantized as specified, only float rounding remains
+        ref = q8_reference(x) @ wf.T
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_isa_paths_agree():
+    rng = np.random.default_rng(7)
+    w = make_weights(T.Q4_K, 33, 1024, rng)
+    x = rng.standard_normal((3, 1024)).astype(np.float32)
+    outs = []
+    for isa in ISAS:
+        K.set_isa(isa)
+        outs.append(K.matmul(int(T.Q4_K), w, 33, 1024, x))
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-5 * np.abs(outs[0]).max())
+
+
+def test_sizes_are_checked():
+    rng = np.random.default_rng(1)
+    w = make_weights(T.Q4_0, 8, 64, rng)
+    x = np.ones((1, 64), np.float32)
+    with pytest.raises(ValueError, match="too small"):
+        K.matmul(int(T.Q4_0), w[:7], 8, 64, x)
+    with pytest.raises(ValueError, match="unsupported"):
+        K.matmul(int(T.Q4_0), w, 8, 48, np.ones((1, 48), np.float32))  # 48 is not whole blocks
+    with pytest.raises(ValueError, match="unsupported"):
+        K.matmul(19, w, 8, 64, x)  # IQ1_S: no kernel
+    with pytest.raises(ValueError, match="index"):
+        K.get_rows(int(T.Q4_0), w, 8, 64, np.array([8]))
+    with pytest.raises(ValueError):
+        K.set_isa(99)
