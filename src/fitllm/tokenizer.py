@@ -42,6 +42,13 @@ PRE_TOKENIZERS: dict[str, list[str]] = {
 }
 _IGNORE_MERGES = {"llama-bpe", "llama3", "falcon3"}
 
+#: token texts llama.cpp treats as end of generation (and so as control tokens, whatever the file says)
+EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+})
+
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte <-> printable-unicode map, inverted."""
@@ -60,7 +67,7 @@ class GGUFTokenizer:
         self.kind = f.get("tokenizer.ggml.model")
         self.tokens: list[str] = f.get("tokenizer.ggml.tokens")
         n = len(self.tokens)
-        self.types = np.asarray(f.get("tokenizer.ggml.token_type", np.full(n, NORMAL)), dtype=np.int32)
+        self.types = np.array(f.get("tokenizer.ggml.token_type", np.full(n, NORMAL)), dtype=np.int32)
         self.scores = f.get("tokenizer.ggml.scores", None)
         self.bos_id = f.get("tokenizer.ggml.bos_token_id", None)
         self.eos_id = f.get("tokenizer.ggml.eos_token_id", None)
@@ -69,6 +76,9 @@ class GGUFTokenizer:
         self.add_bos = bool(f.get("tokenizer.ggml.add_bos_token", spm))
         self.add_eos = bool(f.get("tokenizer.ggml.add_eos_token", False))
         self.add_space_prefix = spm and bool(f.get("tokenizer.ggml.add_space_prefix", True))
+        eog_by_text = [i for i, t in enumerate(self.tokens) if t in EOG_TEXTS]
+        self.types[eog_by_text] = CONTROL
+        self.eog_ids = frozenset(eog_by_text) | {i for i in (self.eos_id, self.eot_id) if i is not None}
         self._hf = self._cached(f)
         specials = [i for i in range(n) if self.types[i] in (CONTROL, USER_DEFINED, UNKNOWN) and self.tokens[i]]
         self._special_ids = {self.tokens[i]: i for i in specials}
@@ -172,7 +182,7 @@ class GGUFTokenizer:
         out = []
         bd = _byte_decoder() if self.kind == "gpt2" else None
         for t, ty in zip(self.tokens, self.types.tolist()):
-            if ty in (CONTROL, UNUSED, UNKNOWN) and ty != UNKNOWN or ty == CONTROL:
+            if ty in (CONTROL, UNUSED):
                 out.append(b"")
             elif ty == USER_DEFINED:
                 out.append(t.encode("utf-8", "surrogateescape"))
@@ -193,4 +203,4 @@ class GGUFTokenizer:
         return b"".join(self.token_to_piece(int(t), special) for t in tokens)
 
     def is_eog(self, token: int) -> bool:
-        return token in (self.eos_id, self.eot_id)
+        return token in self.eog_ids

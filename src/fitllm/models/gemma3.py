@@ -44,7 +44,8 @@ class Gemma3Model(DecoderModel):
 
     def is_swa(self, i: int) -> bool:
         hp = self.hp
-        return hp.sliding_window > 0 and i % hp.swa_pattern < hp.swa_pattern - 1
+        # llama.cpp: pattern 0 puts every layer in the window
+        return hp.sliding_window > 0 and (hp.swa_pattern == 0 or i % hp.swa_pattern < hp.swa_pattern - 1)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         return self.token_embd.rows(tokens) * np.float32(np.sqrt(self.hp.n_embd))

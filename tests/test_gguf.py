@@ -1,0 +1,101 @@
+"""Bad GGUF files: a one-line GGUFError (and exit code 1 from the CLI), never a crash."""
+
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from fitllm.gguf import GGUFError, GGUFFile
+from fitllm.models import load_model
+from tiny_models import write_tiny
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return write_tiny(tmp_path / "tiny.gguf", "llama")
+
+
+def test_opens_zero_copy(tiny):
+    f = GGUFFile(tiny)
+    t = f.tensor("blk.0.attn_q.weight")
+    assert t.shape == (64, 64) and t.type_name == "Q8_0"
+    assert not t.data.flags.owndata  # a view of the mapping, nothing dequantized
+    assert f.get("llama.block_count") == 2
+
+
+def corrupt(tmp_path, data: bytes) -> str:
+    p = tmp_path / "bad.gguf"
+    p.write_bytes(data)
+    return str(p)
+
+
+@pytest.mark.parametrize("cut", [10, 100, 1000, -100])
+def test_truncated(tmp_path, tiny, cut):
+    data = open(tiny, "rb").read()
+    with pytest.raises(GGUFError) as e:
+        GGUFFile(corrupt(tmp_path, data[:cut]))
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_magic(tmp_path, tiny):
+    data = open(tiny, "rb").read()
+    with pytest.raises(GGUFError, match="not a GGUF file"):
+        GGUFFile(corrupt(tmp_path, b"GGML" + data[4:]))
+
+
+def _tensor_info_offset(data: bytes, name: bytes) -> int:
+    """Offset of the (n_dims, dims, type, offset) record following a tensor name."""
+    i = data.index(struct.pack("<Q", len(name)) + name)
+    return i + 8 + len(name)
+
+
+def test_unknown_tensor_type(tmp_path, tiny):
+    data = bytearray(open(tiny, "rb").read())
+    i = _tensor_info_offset(data, b"blk.0.attn_q.weight")
+    n_dims = struct.unpack_from("<I", data, i)[0]
+    struct.pack_into("<I", data, i + 4 + 8 * n_dims, 250)
+    with pytest.raises(GGUFError, match="unknown tensor type 250"):
+        GGUFFile(corrupt(tmp_path, bytes(data)))
+
+
+def test_tensor_past_end(tmp_path, tiny):
+    data = bytearray(open(tiny, "rb").read())
+    i = _tensor_info_offset(data, b"blk.1.ffn_down.weight")
+    n_dims = struct.unpack_from("<I", data, i)[0]
+    struct.pack_into("<Q", data, i + 4 + 8 * n_dims + 4, 1 << 30)
+    with pytest.raises(GGUFError, match="blk.1.ffn_down.weight.*past the end"):
+        GGUFFile(corrupt(tmp_path, bytes(data)))
+
+
+def test_unsupported_type(tmp_path):
+    w = GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
+    w.add_tensor("x", np.zeros((4, 66), np.uint8), raw_dtype=GGMLQuantizationType.IQ2_XXS)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with pytest.raises(GGUFError, match="IQ2_XXS.*not support"):
+        GGUFFile(str(tmp_path / "iq.gguf")).check_supported()
+
+
+def test_missing_key(tmp_path):
+    p = write_tiny(tmp_path / "t.gguf", "llama")
+    data = open(p, "rb").read().replace(b"llama.block_count", b"llama.block_cOunt")
+    with pytest.raises(GGUFError, match="llama.block_count.*missing"):
+        load_model(GGUFFile(corrupt(tmp_path, data)))
+
+
+def test_unknown_architecture(tmp_path):
+    p = write_tiny(tmp_path / "t.gguf", "llama")
+    data = open(p, "rb").read().replace(b"\x05\x00\x00\x00\x00\x00\x00\x00llama", b"\x05\x00\x00\x00\x00\x00\x00\x00llamb", 1)
+    with pytest.raises(GGUFError, match="not supported"):
+        load_model(GGUFFile(corrupt(tmp_path, data)))
+
+
+@pytest.mark.parametrize("cut", [50, 5000])
+def test_cli_error_is_one_line(tmp_path, tiny, cut):
+    bad = corrupt(tmp_path, open(tiny, "rb").read()[:cut])
+    for args in (["info", bad], ["run", "-m", bad, "-p", "hi", "-n", "2"]):
+        r = subprocess.run([sys.executable, "-m", "fitllm", *args], capture_output=True, text=True)
+        assert r.returncode == 1
+        assert r.stderr.startswith("fitllm: error:") and r.stderr.count("\n") == 1, r.stderr
