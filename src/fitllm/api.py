@@ -140,14 +140,14 @@ class Llama:
         """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation)."""
         self._eval_prompt(prompt_tokens)
         finish["reason"] = "length"
-        for _ in range(max_tokens):
+        for i in range(max_tokens):
             tok = sample(self._last_logits, self.input_ids)
             if self._tok.is_eog(tok):
                 finish["reason"] = "stop"
                 return
             yield tok
-            if len(self.input_ids) >= self._n_ctx:
-                return
+            if i + 1 == max_tokens or len(self.input_ids) + 1 >= self._n_ctx:
+                return  # the context holds prompt + completion
             if self.logits_all:
                 self.eval([tok])
             else:

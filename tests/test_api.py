@@ -1,0 +1,70 @@
+"""The llama-cpp-python-shaped API on the real SmolLM2 model."""
+
+import numpy as np
+import pytest
+from conftest import golden
+
+from fitllm import Llama
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2_path):
+    return Llama(model_path=smollm2_path, n_ctx=512, n_batch=126, verbose=False)
+
+
+def test_readme_snippet(llm):
+    out = llm("Q: Name the planets in the solar system? A: ", max_tokens=64, temperature=0.1, top_p=0.5,
+              echo=False, stop=["#"])
+    assert out["object"] == "text_completion" and out["id"].startswith("cmpl-")
+    choice = out["choices"][0]
+    assert set(choice) == {"text", "index", "logprobs", "finish_reason"}
+    assert choice["text"] and "#" not in choice["text"]
+    assert choice["finish_reason"] in ("stop", "length")
+    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"]
+
+
+def test_stream_equals_whole_for_greedy(llm):
+    kw = dict(max_tokens=24, temperature=0.0)
+    whole = llm("def add(a, b):", **kw)["choices"][0]["text"]
+    chunks = list(llm("def add(a, b):", stream=True, **kw))
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole
+    assert chunks[-1]["choices"][0]["finish_reason"] is not None
+
+
+def test_greedy_text_matches_llama_cpp_tokens(llm):
+    case = golden("smollm2")["greedy"][0]
+    out = llm(case["prompt"], max_tokens=8, temperature=0.0)
+    assert out["choices"][0]["text"] == llm.detokenize(case["tokens"][:8]).decode()
+
+
+def test_stop_and_echo(llm):
+    out = llm("1, 2, 3, 4,", max_tokens=20, temperature=0.0, stop=[" 7"], echo=True)
+    text = out["choices"][0]["text"]
+    assert text.startswith("1, 2, 3, 4,") and " 7" not in text and out["choices"][0]["finish_reason"] == "stop"
+
+
+def test_tokenize_detokenize(llm):
+    ids = llm.tokenize(b"Hello world")
+    assert llm.detokenize(ids) == b"Hello world"
+    assert llm.tokenize(b"<|im_start|>", add_bos=False, special=True) == [1]
+
+
+def test_eval_scores_reset(smollm2_path):
+    llm = Llama(model_path=smollm2_path, n_ctx=64, logits_all=True, verbose=False)
+    toks = llm.tokenize(b"The capital of France is")
+    llm.eval(toks)
+    assert llm.n_tokens == len(toks) and llm.scores.shape == (64, llm.n_vocab())
+    first = llm.scores[: len(toks)].copy()
+    llm.reset()
+    for t in toks:  # one by one: same logits within 8-bit activation noise
+        llm.eval([t])
+    np.testing.assert_allclose(llm.scores[: len(toks)], first, atol=1.0)
+    assert (llm.scores[: len(toks)].argmax(1) == first.argmax(1)).mean() > 0.8
+
+
+def test_prompt_too_long(smollm2_path):
+    llm = Llama(model_path=smollm2_path, n_ctx=16, verbose=False)
+    with pytest.raises(ValueError, match="exceed context window"):
+        llm("word " * 40, max_tokens=4)
+    out = llm("Hi", max_tokens=100, temperature=0.0)  # stops at the context end, no error
+    assert out["usage"]["total_tokens"] <= 16
