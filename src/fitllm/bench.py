@@ -1,0 +1,102 @@
+"""`fitllm bench`: prompt and decode speed, load-to-first-token and peak RSS, optionally side by side
+with llama.cpp (llama-cpp-python) on the same GGUF and threads. Each measurement runs in its own
+process (clean RSS), engines interleaved round by round; medians and spread are reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ENGINES = ("fitllm", "llama.cpp")
+
+
+def _child(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
+    t0 = time.perf_counter()
+    if engine == "fitllm":
+        from fitllm import Llama
+    else:
+        from llama_cpp import Llama
+    llm = Llama(model_path=model, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    vocab = llm.n_vocab()
+    prompt = [(i * 7919 + 13) % (vocab - 300) + 256 for i in range(n_prompt)]
+    llm.eval(prompt[:1])
+    load_s = time.perf_counter() - t0
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(prompt)
+    prompt_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(n_gen):
+        llm.eval([prompt[i % n_prompt]])
+    gen_s = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"load_s": load_s, "prompt_tps": n_prompt / prompt_s, "decode_tps": n_gen / gen_s, "rss": rss}
+
+
+def _measure(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
+    cmd = [sys.executable, "-m", "fitllm.bench", engine, model, str(threads), str(n_prompt), str(n_gen)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if r.returncode:
+        raise RuntimeError(f"{engine} benchmark failed: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    med = statistics.median(values) * scale
+    spread = (max(values) - min(values)) * scale / 2
+    return f"{med:.{digits}f} ±{spread:.{digits}f}"
+
+
+def memory_bandwidth_gbs(n_bytes: int = 1 << 28) -> float:
+    import numpy as np
+
+    a = np.ones(n_bytes // 8)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        a.sum()
+        best = max(best, n_bytes / (time.perf_counter() - t))
+    return best / 1e9
+
+
+def run_bench(model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, vs_llamacpp: bool) -> str:
+    engines = ENGINES if vs_llamacpp else ENGINES[:1]
+    res: dict[str, list[dict]] = {e: [] for e in engines}
+    for _ in range(rounds):
+        for e in engines:
+            res[e].append(_measure(e, model, threads, n_prompt, n_gen))
+    from fitllm.gguf import GGUFFile
+
+    f = GGUFFile(model)
+    weight_bytes = sum(t.nbytes for t in f.tensors.values())
+    bw = memory_bandwidth_gbs()
+    ceiling = bw * 1e9 / weight_bytes
+    lines = [f"model {model}  threads {threads}  prompt {n_prompt}  gen {n_gen}  rounds {rounds}",
+             f"memory read bandwidth {bw:.1f} GB/s (numpy, 1 thread); decode ceiling ~{ceiling:.0f} tok/s"
+             f" ({weight_bytes / 1e6:.0f} MB of weights per token)",
+             f"{'engine':<10} {'prompt tok/s':>16} {'decode tok/s':>16} {'% ceiling':>9} {'load->1st tok s':>16}"
+             f" {'peak RSS MB':>12}"]
+    for e in engines:
+        r = res[e]
+        dec = [x["decode_tps"] for x in r]
+        lines.append(f"{e:<10} {_fmt([x['prompt_tps'] for x in r]):>16} {_fmt(dec):>16}"
+                     f" {100 * statistics.median(dec) / ceiling:>8.0f}% {_fmt([x['load_s'] for x in r], 1, 2):>16}"
+                     f" {statistics.median([x['rss'] for x in r]) / 1e6:>12.0f}")
+    if vs_llamacpp:
+        med = {e: {k: statistics.median(x[k] for x in res[e]) for k in res[e][0]} for e in engines}
+        a, b = med["fitllm"], med["llama.cpp"]
+        lines.append(f"ratio fitllm/llama.cpp: prompt {a['prompt_tps'] / b['prompt_tps']:.2f}x  decode"
+                     f" {a['decode_tps'] / b['decode_tps']:.2f}x  load {a['load_s'] / b['load_s']:.2f}x"
+                     f"  RSS {a['rss'] / b['rss']:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    engine, model, threads, n_prompt, n_gen = sys.argv[1:6]
+    print(json.dumps(_child(engine, model, int(threads), int(n_prompt), int(n_gen))))
