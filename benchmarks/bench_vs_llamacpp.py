@@ -1,7 +1,7 @@
 """fitllm vs llama.cpp (llama-cpp-python) on the same GGUF and threads; same as `fitllm bench --vs-llamacpp`.
 
-    pip install -e .[bench]      # builds llama-cpp-python from source (~6 min; AMX off, see README)
-    python benchmarks/bench_vs_llamacpp.py MODEL.gguf [-t 2] [-p 128] [-n 128] [-r 3]
+pip install -e .[bench]      # builds llama-cpp-python from source (~6 min; AMX off, see README)
+python benchmarks/bench_vs_llamacpp.py MODEL.gguf [-t 2] [-p 128] [-n 128] [-r 3]
 """
 
 import argparse

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import golden
 
+from conftest import golden
 from fitllm import Llama
 
 
@@ -13,8 +13,14 @@ def llm(smollm2_path):
 
 
 def test_readme_snippet(llm):
-    out = llm("Q: Name the planets in the solar system? A: ", max_tokens=64, temperature=0.1, top_p=0.5,
-              echo=False, stop=["#"])
+    out = llm(
+        "Q: Name the planets in the solar system? A: ",
+        max_tokens=64,
+        temperature=0.1,
+        top_p=0.5,
+        echo=False,
+        stop=["#"],
+    )
     assert out["object"] == "text_completion" and out["id"].startswith("cmpl-")
     choice = out["choices"][0]
     assert set(choice) == {"text", "index", "logprobs", "finish_reason"}
@@ -40,7 +46,9 @@ def test_greedy_text_matches_llama_cpp_tokens(llm):
 def test_stop_and_echo(llm):
     out = llm("1, 2, 3, 4,", max_tokens=20, temperature=0.0, stop=[" 7"], echo=True)
     text = out["choices"][0]["text"]
-    assert text.startswith("1, 2, 3, 4,") and " 7" not in text and out["choices"][0]["finish_reason"] == "stop"
+    assert (
+        text.startswith("1, 2, 3, 4,") and " 7" not in text and out["choices"][0]["finish_reason"] == "stop"
+    )
 
 
 def test_tokenize_detokenize(llm):

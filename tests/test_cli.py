@@ -7,8 +7,9 @@ from conftest import golden
 
 
 def fitllm(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "fitllm", *args], capture_output=True, text=True, input=stdin,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fitllm", *args], capture_output=True, text=True, input=stdin, timeout=300
+    )
 
 
 def test_run_greedy(smollm2_path):

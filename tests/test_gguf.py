@@ -87,7 +87,11 @@ def test_missing_key(tmp_path):
 
 def test_unknown_architecture(tmp_path):
     p = write_tiny(tmp_path / "t.gguf", "llama")
-    data = open(p, "rb").read().replace(b"\x05\x00\x00\x00\x00\x00\x00\x00llama", b"\x05\x00\x00\x00\x00\x00\x00\x00llamb", 1)
+    data = (
+        open(p, "rb")
+        .read()
+        .replace(b"\x05\x00\x00\x00\x00\x00\x00\x00llama", b"\x05\x00\x00\x00\x00\x00\x00\x00llamb", 1)
+    )
     with pytest.raises(GGUFError, match="not supported"):
         load_model(GGUFFile(corrupt(tmp_path, data)))
 

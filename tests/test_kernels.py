@@ -2,14 +2,20 @@
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as T, quants
+from gguf import GGMLQuantizationType as T
+from gguf import quants
 
 from fitllm import kernels as K
 
 ALL = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 # K-types: gguf-py cannot quantize them, so random blocks with finite fp16 scales (valid data)
-K_SCALES = {T.Q2_K: (84, [80, 82]), T.Q3_K: (110, [108]), T.Q4_K: (144, [0, 2]), T.Q5_K: (176, [0, 2]),
-            T.Q6_K: (210, [208])}
+K_SCALES = {
+    T.Q2_K: (84, [80, 82]),
+    T.Q3_K: (110, [108]),
+    T.Q4_K: (144, [0, 2]),
+    T.Q5_K: (176, [0, 2]),
+    T.Q6_K: (210, [208]),
+}
 ISAS = list(range(K.isa_supported() + 1))
 
 
@@ -19,7 +25,7 @@ def make_weights(t, rows, cols, rng):
         b = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
         for off in offs:
             d = (rng.standard_normal((rows, cols // 256, 1)) * 0.01).astype(np.float16)
-            b[..., off:off + 2] = d.view(np.uint8)
+            b[..., off : off + 2] = d.view(np.uint8)
         return b.reshape(rows, -1)
     x = rng.standard_normal((rows, cols)).astype(np.float32)
     return quants.quantize(x, t).view(np.uint8).reshape(rows, -1)

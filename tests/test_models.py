@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import golden
 
+from conftest import golden
 from fitllm.generate import decode_step, prefill
 from fitllm.gguf import GGUFFile
 from fitllm.kv_cache import ContextFullError

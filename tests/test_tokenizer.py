@@ -1,8 +1,8 @@
 """Token ids identical to llama.cpp's (golden data: tests/golden/make_golden.py)."""
 
 import pytest
-from conftest import golden
 
+from conftest import golden
 from fitllm.gguf import GGUFFile
 from fitllm.tokenizer import GGUFTokenizer
 
@@ -12,9 +12,15 @@ def test_ids_match_llama_cpp(name, model_paths):
     g = golden(name)["tokens"]
     tok = GGUFTokenizer(GGUFFile(model_paths[name]))
     assert len(g["strings"]) >= 500
-    bad = [s for s, ids in zip(g["strings"], g["plain"]) if tok.encode(s, add_bos=False, special=False) != ids]
+    bad = [
+        s for s, ids in zip(g["strings"], g["plain"]) if tok.encode(s, add_bos=False, special=False) != ids
+    ]
     assert not bad, f"{len(bad)} strings differ, e.g. {bad[:3]}"
-    bad = [s for s, ids in zip(g["strings"], g["bos_special"]) if tok.encode(s, add_bos=True, special=True) != ids]
+    bad = [
+        s
+        for s, ids in zip(g["strings"], g["bos_special"])
+        if tok.encode(s, add_bos=True, special=True) != ids
+    ]
     assert not bad, f"{len(bad)} strings differ with BOS/special, e.g. {bad[:3]}"
 
 

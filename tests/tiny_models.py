@@ -2,12 +2,15 @@
 architectures nobody ships small)."""
 
 import numpy as np
-from gguf import GGMLQuantizationType as T, GGUFWriter, quants
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFWriter, quants
 
 VOCAB = [f"<t{i}>" for i in range(3)] + [chr(c) for c in range(ord("a"), ord("a") + 61)]
 
 
-def write_tiny(path, arch: str, n_layer=2, d=64, n_head=4, n_kv=2, ff=96, qtype=T.Q8_0, seed=0, **extra) -> str:
+def write_tiny(
+    path, arch: str, n_layer=2, d=64, n_head=4, n_kv=2, ff=96, qtype=T.Q8_0, seed=0, **extra
+) -> str:
     rng = np.random.default_rng(seed)
     hd = d // n_head
     w = GGUFWriter(str(path), arch)

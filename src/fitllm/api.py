@@ -6,7 +6,8 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +23,18 @@ LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
 
 class Llama:
-    def __init__(self, model_path: str, *, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
-                 seed: int = LLAMA_DEFAULT_SEED, logits_all: bool = False, verbose: bool = True,
-                 **_ignored: Any) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        n_ctx: int = 512,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        seed: int = LLAMA_DEFAULT_SEED,
+        logits_all: bool = False,
+        verbose: bool = True,
+        **_ignored: Any,
+    ) -> None:
         self.model_path = os.fspath(model_path)
         if n_threads:
             kernels.set_threads(n_threads)
@@ -40,14 +50,17 @@ class Llama:
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         self._last_logits: np.ndarray | None = None
         if verbose:
-            log.info("loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer)
+            log.info(
+                "loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer
+            )
 
     # --- vocabulary -------------------------------------------------------------------------
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         return self._tok.encode(text.decode("utf-8", "replace"), add_bos=add_bos, special=special)
 
-    def detokenize(self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None,
-                   special: bool = False) -> bytes:
+    def detokenize(
+        self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
+    ) -> bytes:
         out = self._tok.decode(tokens, special)
         # as llama-cpp-python: drop the space SentencePiece put after a leading BOS
         if tokens and tokens[0] == self._tok.bos_id and out[:1] == b" ":
@@ -93,7 +106,7 @@ class Llama:
         logits = prefill(self._model, self._kv, tokens, self.n_batch, all_logits=self.logits_all)
         self.input_ids.extend(tokens)
         if self.logits_all:
-            self._scores[start:start + len(tokens)] = logits
+            self._scores[start : start + len(tokens)] = logits
             self._last_logits = logits[-1]
         else:
             self._scores[0] = self._last_logits = logits
@@ -111,16 +124,30 @@ class Llama:
         self.eval(tokens[common:])
 
     # --- completions --------------------------------------------------------------------------
-    def create_completion(self, prompt: str | list[int], suffix: str | None = None, max_tokens: int | None = 16,
-                          temperature: float = 0.8, top_p: float = 0.95, min_p: float = 0.05,
-                          echo: bool = False, stop: str | list[str] | None = None, stream: bool = False,
-                          seed: int | None = None, repeat_penalty: float = 1.0, top_k: int = 40,
-                          logprobs: int | None = None, **_ignored: Any) -> dict | Iterator[dict]:
+    def create_completion(
+        self,
+        prompt: str | list[int],
+        suffix: str | None = None,
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        echo: bool = False,
+        stop: str | list[str] | None = None,
+        stream: bool = False,
+        seed: int | None = None,
+        repeat_penalty: float = 1.0,
+        top_k: int = 40,
+        logprobs: int | None = None,
+        **_ignored: Any,
+    ) -> dict | Iterator[dict]:
         from fitllm.completion import completion_chunks, completion_result
 
         prompt_tokens = prompt if isinstance(prompt, list) else self.tokenize(prompt.encode(), special=True)
         if len(prompt_tokens) >= self._n_ctx:
-            raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self._n_ctx}")
+            raise ValueError(
+                f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self._n_ctx}"
+            )
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty)
         rng = np.random.default_rng(seed) if seed is not None else self._rng
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -136,7 +163,9 @@ class Llama:
 
     __call__ = create_completion
 
-    def _stream_tokens(self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict) -> Iterator[int]:
+    def _stream_tokens(
+        self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict
+    ) -> Iterator[int]:
         """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation)."""
         self._eval_prompt(prompt_tokens)
         finish["reason"] = "length"

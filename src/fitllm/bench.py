@@ -21,8 +21,14 @@ def _child(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> 
         from fitllm import Llama
     else:
         from llama_cpp import Llama
-    llm = Llama(model_path=model, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
+    llm = Llama(
+        model_path=model,
+        n_ctx=n_prompt + n_gen + 8,
+        n_batch=n_prompt,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     vocab = llm.n_vocab()
     prompt = [(i * 7919 + 13) % (vocab - 300) + 256 for i in range(n_prompt)]
     llm.eval(prompt[:1])
@@ -41,7 +47,9 @@ def _child(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> 
 
 def _measure(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
     cmd = [sys.executable, "-m", "fitllm.bench", engine, model, str(threads), str(n_prompt), str(n_gen)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
+    )
     if r.returncode:
         raise RuntimeError(f"{engine} benchmark failed: {r.stderr.strip().splitlines()[-1:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -77,23 +85,29 @@ def run_bench(model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, 
     weight_bytes = sum(t.nbytes for t in f.tensors.values())
     bw = memory_bandwidth_gbs()
     ceiling = bw * 1e9 / weight_bytes
-    lines = [f"model {model}  threads {threads}  prompt {n_prompt}  gen {n_gen}  rounds {rounds}",
-             f"memory read bandwidth {bw:.1f} GB/s (numpy, 1 thread); decode ceiling ~{ceiling:.0f} tok/s"
-             f" ({weight_bytes / 1e6:.0f} MB of weights per token)",
-             f"{'engine':<10} {'prompt tok/s':>16} {'decode tok/s':>16} {'% ceiling':>9} {'load->1st tok s':>16}"
-             f" {'peak RSS MB':>12}"]
+    lines = [
+        f"model {model}  threads {threads}  prompt {n_prompt}  gen {n_gen}  rounds {rounds}",
+        f"memory read bandwidth {bw:.1f} GB/s (numpy, 1 thread); decode ceiling ~{ceiling:.0f} tok/s"
+        f" ({weight_bytes / 1e6:.0f} MB of weights per token)",
+        f"{'engine':<10} {'prompt tok/s':>16} {'decode tok/s':>16} {'% ceiling':>9} {'load->1st tok s':>16}"
+        f" {'peak RSS MB':>12}",
+    ]
     for e in engines:
         r = res[e]
         dec = [x["decode_tps"] for x in r]
-        lines.append(f"{e:<10} {_fmt([x['prompt_tps'] for x in r]):>16} {_fmt(dec):>16}"
-                     f" {100 * statistics.median(dec) / ceiling:>8.0f}% {_fmt([x['load_s'] for x in r], 1, 2):>16}"
-                     f" {statistics.median([x['rss'] for x in r]) / 1e6:>12.0f}")
+        lines.append(
+            f"{e:<10} {_fmt([x['prompt_tps'] for x in r]):>16} {_fmt(dec):>16}"
+            f" {100 * statistics.median(dec) / ceiling:>8.0f}% {_fmt([x['load_s'] for x in r], 1, 2):>16}"
+            f" {statistics.median([x['rss'] for x in r]) / 1e6:>12.0f}"
+        )
     if vs_llamacpp:
         med = {e: {k: statistics.median(x[k] for x in res[e]) for k in res[e][0]} for e in engines}
         a, b = med["fitllm"], med["llama.cpp"]
-        lines.append(f"ratio fitllm/llama.cpp: prompt {a['prompt_tps'] / b['prompt_tps']:.2f}x  decode"
-                     f" {a['decode_tps'] / b['decode_tps']:.2f}x  load {a['load_s'] / b['load_s']:.2f}x"
-                     f"  RSS {a['rss'] / b['rss']:.2f}x")
+        lines.append(
+            f"ratio fitllm/llama.cpp: prompt {a['prompt_tps'] / b['prompt_tps']:.2f}x  decode"
+            f" {a['decode_tps'] / b['decode_tps']:.2f}x  load {a['load_s'] / b['load_s']:.2f}x"
+            f"  RSS {a['rss'] / b['rss']:.2f}x"
+        )
     return "\n".join(lines)
 
 

@@ -18,13 +18,31 @@ def _run(a: argparse.Namespace) -> None:
 
     if a.threads:
         kernels.set_threads(a.threads)
-    llm = Llama(a.model or str(default_model_path()), n_ctx=a.ctx_size, n_batch=a.batch_size,
-                seed=a.seed if a.seed >= 0 else 0xFFFFFFFF, verbose=False)
-    sampling = dict(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
-                    repeat_penalty=a.repeat_penalty, seed=a.seed if a.seed >= 0 else None)
+    llm = Llama(
+        a.model or str(default_model_path()),
+        n_ctx=a.ctx_size,
+        n_batch=a.batch_size,
+        seed=a.seed if a.seed >= 0 else 0xFFFFFFFF,
+        verbose=False,
+    )
+    sampling = dict(
+        temperature=a.temp,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        min_p=a.min_p,
+        repeat_penalty=a.repeat_penalty,
+        seed=a.seed if a.seed >= 0 else None,
+    )
     prompt = a.prompt if a.prompt is not None else ("" if a.interactive else "Once upon a time")
-    run(llm, prompt, a.n_predict, sampling, color=a.color, interactive=a.interactive or bool(a.reverse_prompt),
-        reverse_prompts=a.reverse_prompt)
+    run(
+        llm,
+        prompt,
+        a.n_predict,
+        sampling,
+        color=a.color,
+        interactive=a.interactive or bool(a.reverse_prompt),
+        reverse_prompts=a.reverse_prompt,
+    )
 
 
 def _info(a: argparse.Namespace) -> None:
@@ -37,7 +55,11 @@ def _bench(a: argparse.Namespace) -> None:
     from fitllm.bench import run_bench
     from fitllm.default_model import default_model_path
 
-    print(run_bench(a.model or str(default_model_path()), a.threads, a.n_prompt, a.n_gen, a.rounds, a.vs_llamacpp))
+    print(
+        run_bench(
+            a.model or str(default_model_path()), a.threads, a.n_prompt, a.n_gen, a.rounds, a.vs_llamacpp
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="generate text (llama.cpp's flags)")
     r.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
     r.add_argument("-p", "--prompt")
-    r.add_argument("-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until EOS/context)")
+    r.add_argument(
+        "-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until EOS/context)"
+    )
     r.add_argument("-c", "--ctx-size", type=int, default=4096)
     r.add_argument("-b", "--batch-size", type=int, default=512)
     r.add_argument("-t", "--threads", type=int)

@@ -3,7 +3,7 @@ streaming chunks (text is held back while it could still turn into a stop string
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def _first_stop(text: str, stops: list[str]) -> int:
@@ -22,7 +22,9 @@ def _held_back(text: str, stops: list[str]) -> int:
     return n
 
 
-def _texts(llm, tokens: Iterator[int], stops: list[str], finish: dict) -> Iterator[tuple[str, str | None, int]]:
+def _texts(
+    llm, tokens: Iterator[int], stops: list[str], finish: dict
+) -> Iterator[tuple[str, str | None, int]]:
     """Yield (new text, finish_reason or None, tokens so far); the last item has the reason."""
     raw, sent, n = b"", 0, 0
     for tok in tokens:
@@ -61,8 +63,12 @@ def completion_result(llm, tokens, finish, stops, echo_text, meta, n_prompt) -> 
     for piece, why, n in _texts(llm, tokens, stops, finish):
         text += piece
         reason = why or reason
-    return {**meta, "object": "text_completion", "choices": [_choice(text, reason)],
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}}
+    return {
+        **meta,
+        "object": "text_completion",
+        "choices": [_choice(text, reason)],
+        "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n},
+    }
 
 
 def completion_chunks(llm, tokens, finish, stops, echo_text, meta) -> Iterator[dict]:

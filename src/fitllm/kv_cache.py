@@ -19,13 +19,14 @@ class KVCache:
     def check_room(self, n_new: int) -> None:
         if self.n + n_new > self.n_ctx:
             raise ContextFullError(
-                f"context is full: {self.n} tokens cached + {n_new} new > n_ctx {self.n_ctx} (raise -c / n_ctx)")
+                f"context is full: {self.n} cached + {n_new} new tokens > n_ctx {self.n_ctx} (raise -c / n_ctx)"
+            )
 
     def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write the new keys/values after the cached ones; return all keys/values so far."""
         end = self.n + k.shape[0]
-        self.k[layer][self.n:end] = k
-        self.v[layer][self.n:end] = v
+        self.k[layer][self.n : end] = k
+        self.v[layer][self.n : end] = v
         return self.k[layer][:end], self.v[layer][:end]
 
     def truncate(self, n: int) -> None:

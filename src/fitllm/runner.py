@@ -10,8 +10,9 @@ from fitllm.api import Llama
 GREEN, RESET = "\033[32m", "\033[0m"
 
 
-def stream_completion(llm: Llama, tokens: list[int], max_tokens: int, sampling: dict, stop: list[str],
-                      out: TextIO) -> str:
+def stream_completion(
+    llm: Llama, tokens: list[int], max_tokens: int, sampling: dict, stop: list[str], out: TextIO
+) -> str:
     """Print a completion as it is produced; return its text."""
     text = ""
     for chunk in llm.create_completion(tokens, max_tokens=max_tokens, stream=True, stop=stop, **sampling):
@@ -22,8 +23,17 @@ def stream_completion(llm: Llama, tokens: list[int], max_tokens: int, sampling: 
     return text
 
 
-def run(llm: Llama, prompt: str, n_predict: int, sampling: dict, color: bool = False, interactive: bool = False,
-        reverse_prompts: list[str] | None = None, out: TextIO = sys.stdout, inp: TextIO = sys.stdin) -> None:
+def run(
+    llm: Llama,
+    prompt: str,
+    n_predict: int,
+    sampling: dict,
+    color: bool = False,
+    interactive: bool = False,
+    reverse_prompts: list[str] | None = None,
+    out: TextIO = sys.stdout,
+    inp: TextIO = sys.stdin,
+) -> None:
     """Complete `prompt`; in interactive mode hand over to the user after each turn, which ends at
     a reverse prompt (then shown, as llama.cpp does) or at end of generation."""
     stops = list(reverse_prompts or []) if interactive else []

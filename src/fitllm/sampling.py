@@ -3,8 +3,8 @@ repeat penalty -> top-k -> top-p -> min-p -> temperature -> draw)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -66,11 +66,13 @@ class SamplingParams:
     repeat_last_n: int = 64
 
 
-def make_sampler(params: SamplingParams, rng: np.random.Generator) -> Callable[[np.ndarray, Sequence[int]], int]:
+def make_sampler(
+    params: SamplingParams, rng: np.random.Generator
+) -> Callable[[np.ndarray, Sequence[int]], int]:
     """A function (logits, previous tokens) -> next token."""
 
     def sample(logits: np.ndarray, history: Sequence[int]) -> int:
-        recent = history[-params.repeat_last_n:] if params.repeat_last_n > 0 else []
+        recent = history[-params.repeat_last_n :] if params.repeat_last_n > 0 else []
         logits = repeat_penalty(np.asarray(logits, dtype=np.float32), recent, params.repeat_penalty)
         if params.temperature <= 0:
             return int(np.argmax(logits))

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
 from fitllm.gguf import GGUFError, GGUFFile
 
@@ -24,35 +24,69 @@ log = logging.getLogger(__name__)
 def cache_dir() -> Path:
     return Path(os.environ.get("FITLLM_CACHE", Path.home() / ".cache" / "fitllm"))
 
+
 # token types (llama.cpp / gguf-py)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
 
 #: llama.cpp's pre-tokenizer regexes by `tokenizer.ggml.pre` (applied in sequence)
 PRE_TOKENIZERS: dict[str, list[str]] = {
-    "default": [_GPT2], "gpt-2": [_GPT2], "mpt": [_GPT2], "olmo": [_GPT2],
-    "llama-bpe": [_LLAMA3], "llama3": [_LLAMA3], "falcon3": [_LLAMA3],
-    "qwen2": [_QWEN2], "stablelm2": [_QWEN2],
-    "smollm": [r"\p{N}", _GPT2], "starcoder": [r"\p{N}", _GPT2], "refact": [r"\p{N}", _GPT2],
+    "default": [_GPT2],
+    "gpt-2": [_GPT2],
+    "mpt": [_GPT2],
+    "olmo": [_GPT2],
+    "llama-bpe": [_LLAMA3],
+    "llama3": [_LLAMA3],
+    "falcon3": [_LLAMA3],
+    "qwen2": [_QWEN2],
+    "stablelm2": [_QWEN2],
+    "smollm": [r"\p{N}", _GPT2],
+    "starcoder": [r"\p{N}", _GPT2],
+    "refact": [r"\p{N}", _GPT2],
     "command-r": [r"\p{N}", _GPT2],
 }
 _IGNORE_MERGES = {"llama-bpe", "llama3", "falcon3"}
 
 #: token texts llama.cpp treats as end of generation (and so as control tokens, whatever the file says)
-EOG_TEXTS = frozenset({
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
-    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
-    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
-})
+EOG_TEXTS = frozenset(
+    {
+        "<|eot_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<|return|>",
+        "<|call|>",
+        "<|flush|>",
+        "<|calls|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "</s>",
+        "<|eom_id|>",
+        "<EOT>",
+        "_<EOT>",
+        "[EOT]",
+        "[EOS]",
+        "<|end_of_text|>",
+        "<end_of_utterance>",
+        "<eos>",
+        "<turn|>",
+        "<|tool_response>",
+        "<｜end▁of▁sentence｜>",
+        "[e~[",
+    }
+)
 
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte <-> printable-unicode map, inverted."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
@@ -80,7 +114,9 @@ class GGUFTokenizer:
         self.types[eog_by_text] = CONTROL
         self.eog_ids = frozenset(eog_by_text) | {i for i in (self.eos_id, self.eot_id) if i is not None}
         self._hf = self._cached(f)
-        specials = [i for i in range(n) if self.types[i] in (CONTROL, USER_DEFINED, UNKNOWN) and self.tokens[i]]
+        specials = [
+            i for i in range(n) if self.types[i] in (CONTROL, USER_DEFINED, UNKNOWN) and self.tokens[i]
+        ]
         self._special_ids = {self.tokens[i]: i for i in specials}
         self._split_all = self._splitter(specials)
         self._split_user = self._splitter([i for i in specials if self.types[i] == USER_DEFINED])
@@ -93,10 +129,14 @@ class GGUFTokenizer:
         """Build the HF tokenizer, or load it from the cache (building Gemma's 262k vocab takes seconds)."""
         pre = f.get("tokenizer.ggml.pre", "default")
         if self.kind == "gpt2" and pre not in PRE_TOKENIZERS:
-            raise GGUFError(f"{f.path}: BPE pre-tokenizer {pre!r} is not supported"
-                            f" (supported: {', '.join(sorted(PRE_TOKENIZERS))})")
+            raise GGUFError(
+                f"{f.path}: BPE pre-tokenizer {pre!r} is not supported"
+                f" (supported: {', '.join(sorted(PRE_TOKENIZERS))})"
+            )
         if self.kind not in ("gpt2", "llama"):
-            raise GGUFError(f"{f.path}: tokenizer model {self.kind!r} is not supported (supported: gpt2, llama)")
+            raise GGUFError(
+                f"{f.path}: tokenizer model {self.kind!r} is not supported (supported: gpt2, llama)"
+            )
         merges = f.get("tokenizer.ggml.merges", []) if self.kind == "gpt2" else []
         h = hashlib.sha256(f"v1|{self.kind}|{pre}|".encode())
         h.update("\n".join(self.tokens).encode("utf-8", "surrogateescape"))
@@ -132,7 +172,8 @@ class GGUFTokenizer:
         tok = Tokenizer(models.BPE(vocab, pairs, ignore_merges=pre in _IGNORE_MERGES))
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
-            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
         return tok
 
     def _build_spm(self) -> Tokenizer:
@@ -149,9 +190,16 @@ class GGUFTokenizer:
                 if a is not None and b is not None and normal[a] and normal[b]:
                     scored.append((-float(self.scores[i]), i, t[:k], t[k:]))
         scored.sort()
-        tok = Tokenizer(models.BPE(vocab, [(a, b) for _, _, a, b in scored], byte_fallback=True,
-                                   unk_token=self.tokens[int(np.argmax(self.types == UNKNOWN))]
-                                   if (self.types == UNKNOWN).any() else None))
+        tok = Tokenizer(
+            models.BPE(
+                vocab,
+                [(a, b) for _, _, a, b in scored],
+                byte_fallback=True,
+                unk_token=self.tokens[int(np.argmax(self.types == UNKNOWN))]
+                if (self.types == UNKNOWN).any()
+                else None,
+            )
+        )
         tok.normalizer = normalizers.Replace(" ", "▁")
         return tok
 

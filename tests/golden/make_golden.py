@@ -16,7 +16,7 @@ import numpy as np
 from llama_cpp import Llama
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strings import PROMPTS, TEACHER_TEXT, test_strings  # noqa: E402
+from strings import PROMPTS, TEACHER_TEXT, test_strings
 
 OUT = Path(__file__).parent.parent / "data"
 
@@ -53,7 +53,7 @@ def teacher_golden(ll: Llama) -> dict:
     ll.reset()
     toks = ll.tokenize(TEACHER_TEXT.encode(), add_bos=True, special=False)
     ll.eval(toks)
-    scores = np.array(ll.scores[:len(toks)])
+    scores = np.array(ll.scores[: len(toks)])
     tops = [top2(r) for r in scores]
     return {"tokens": toks, "top1": [t for t, _ in tops], "margins": [m for _, m in tops]}
 
@@ -62,8 +62,12 @@ def main(paths: list[str]) -> None:
     for path in paths:
         ll = Llama(path, n_ctx=1024, n_batch=512, logits_all=True, n_threads=2, verbose=False)
         name = Path(path).name.split(".")[0].split("-")[0].lower()
-        data = {"model": Path(path).name, "tokens": tokens_golden(ll), "greedy": greedy_golden(ll),
-                "teacher": teacher_golden(ll)}
+        data = {
+            "model": Path(path).name,
+            "tokens": tokens_golden(ll),
+            "greedy": greedy_golden(ll),
+            "teacher": teacher_golden(ll),
+        }
         (OUT / f"golden_{name}.json").write_text(json.dumps(data, ensure_ascii=False))
         print(path, "->", OUT / f"golden_{name}.json")
 

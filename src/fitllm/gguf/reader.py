@@ -55,7 +55,7 @@ class _CheckedReader(GGUFReader):
             plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
         dt = np.dtype(dtype)
         count = int(count)
-        arr = plain[offset:offset + dt.itemsize * count].view(dt)[:count]
+        arr = plain[offset : offset + dt.itemsize * count].view(dt)[:count]
         return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
 
     def _build_tensors(self, start_offs: int, fields: list) -> None:
@@ -75,7 +75,8 @@ class _CheckedReader(GGUFReader):
             if end > size:
                 raise GGUFError(
                     f"tensor {name!r} runs past the end of the file (needs {end} bytes, file has {size}):"
-                    " the file is truncated or corrupt")
+                    " the file is truncated or corrupt"
+                )
         super()._build_tensors(start_offs, fields)
 
 
@@ -111,9 +112,12 @@ class GGUFFile:
         except GGUFError as e:
             raise GGUFError(f"{self.path}: {e}") from None
         except Exception as e:  # gguf-py signals a short or garbled header in many ways
-            raise GGUFError(f"{self.path}: truncated or corrupt GGUF header ({type(e).__name__}: {e})") from None
+            raise GGUFError(
+                f"{self.path}: truncated or corrupt GGUF header ({type(e).__name__}: {e})"
+            ) from None
         self.metadata: dict[str, Any] = {
-            k: _field_value(f) for k, f in self._reader.fields.items() if not k.startswith("GGUF.")}
+            k: _field_value(f) for k, f in self._reader.fields.items() if not k.startswith("GGUF.")
+        }
         self.tensors: dict[str, Tensor] = {}
         for t in self._reader.tensors:
             raw = np.asarray(t.data).reshape(-1).view(np.uint8)
@@ -141,5 +145,7 @@ class GGUFFile:
         for t in self.tensors.values():
             if t.ggml_type not in SUPPORTED_TYPES:
                 names = ", ".join(GGMLQuantizationType(x).name for x in sorted(SUPPORTED_TYPES))
-                raise GGUFError(f"{self.path}: tensor {t.name!r} has type {t.type_name}, which fitllm does"
-                                f" not support (supported: {names})")
+                raise GGUFError(
+                    f"{self.path}: tensor {t.name!r} has type {t.type_name}, which fitllm does"
+                    f" not support (supported: {names})"
+                )

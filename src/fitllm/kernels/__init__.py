@@ -13,16 +13,19 @@ from pathlib import Path
 import numpy as np
 
 ISA_NAMES = {0: "portable", 1: "avx2", 2: "avx512-vnni"}
-_ERRORS = {-1: "unsupported tensor type or width", -2: "buffer too small", -3: "index out of range",
-           -4: "out of memory"}
+_ERRORS = {
+    -1: "unsupported tensor type or width",
+    -2: "buffer too small",
+    -3: "index out of range",
+    -4: "out of memory",
+}
 
 
 def _load() -> ctypes.CDLL:
     here = Path(__file__).parent
     found = sorted(here.glob("_fitllm*.so"))
     if not found:
-        raise ImportError(
-            "fitllm's compiled kernels are not built: run `pip install -e .` in the repository")
+        raise ImportError("fitllm's compiled kernels are not built: run `pip install -e .` in the repository")
     lib = ctypes.CDLL(str(found[0]))
     p, i64, i32, sz = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_size_t
     lib.fl_matmul.argtypes = [i32, p, sz, i64, i64, p, i64, p, i32]
@@ -82,8 +85,9 @@ def row_bytes(ggml_type: int, ncols: int) -> int:
     return _lib.fl_row_bytes(ggml_type, ncols)
 
 
-def matmul(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, x: np.ndarray,
-           out: np.ndarray | None = None) -> np.ndarray:
+def matmul(
+    ggml_type: int, w: np.ndarray, nrows: int, ncols: int, x: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """x (T, ncols) float32 @ W.T -> (T, nrows), W the raw bytes of an (nrows, ncols) tensor."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != ncols:
@@ -91,22 +95,29 @@ def matmul(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, x: np.ndarray,
     if out is None:
         out = np.empty((x.shape[0], nrows), dtype=np.float32)
     assert out.flags.c_contiguous and out.dtype == np.float32 and out.shape == (x.shape[0], nrows)
-    rc = _lib.fl_matmul(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, x.ctypes.data, x.shape[0],
-                        out.ctypes.data, _threads)
+    rc = _lib.fl_matmul(
+        ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, x.ctypes.data, x.shape[0], out.ctypes.data, _threads
+    )
     _check(rc, "matmul")
     return out
 
 
 def dequantize(ggml_type: int, w: np.ndarray, nrows: int, ncols: int) -> np.ndarray:
     out = np.empty((nrows, ncols), dtype=np.float32)
-    _check(_lib.fl_dequantize(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, _threads),
-           "dequantize")
+    _check(
+        _lib.fl_dequantize(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, _threads),
+        "dequantize",
+    )
     return out
 
 
 def get_rows(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, ids: np.ndarray) -> np.ndarray:
     ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
     out = np.empty((ids.size, ncols), dtype=np.float32)
-    _check(_lib.fl_get_rows(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, ids.ctypes.data, ids.size,
-                            out.ctypes.data), "get_rows")
+    _check(
+        _lib.fl_get_rows(
+            ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, ids.ctypes.data, ids.size, out.ctypes.data
+        ),
+        "get_rows",
+    )
     return out

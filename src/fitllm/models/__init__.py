@@ -19,5 +19,7 @@ def load_model(f: GGUFFile) -> DecoderModel:
     arch = f.get("general.architecture")
     cls = ARCHITECTURES.get(arch)
     if cls is None:
-        raise GGUFError(f"{f.path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
+        raise GGUFError(
+            f"{f.path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
+        )
     return cls(f)

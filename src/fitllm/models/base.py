@@ -32,13 +32,16 @@ class HParams:
     n_rot: int
 
     @classmethod
-    def from_gguf(cls, f: GGUFFile, **extra: Any) -> "HParams":
+    def from_gguf(cls, f: GGUFFile, **extra: Any) -> HParams:
         a = f.architecture
         n_embd, n_head = f.get(f"{a}.embedding_length"), f.get(f"{a}.attention.head_count")
         head_dim = f.get(f"{a}.attention.key_length", n_embd // n_head)
         base = dict(
-            n_layer=f.get(f"{a}.block_count"), n_embd=n_embd, n_head=n_head,
-            n_head_kv=f.get(f"{a}.attention.head_count_kv", n_head), head_dim=head_dim,
+            n_layer=f.get(f"{a}.block_count"),
+            n_embd=n_embd,
+            n_head=n_head,
+            n_head_kv=f.get(f"{a}.attention.head_count_kv", n_head),
+            head_dim=head_dim,
             n_ff=f.get(f"{a}.feed_forward_length"),
             n_vocab=f.tensor("token_embd.weight").shape[0],
             n_ctx_train=f.get(f"{a}.context_length"),

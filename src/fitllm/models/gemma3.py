@@ -24,19 +24,24 @@ class Gemma3HParams(HParams):
     final_softcap: float = 0.0
 
     @classmethod
-    def from_gguf(cls, f: GGUFFile, **extra) -> "Gemma3HParams":
+    def from_gguf(cls, f: GGUFFile, **extra) -> Gemma3HParams:
         a = f.architecture
         head_dim = f.get(f"{a}.attention.key_length", None)
         n_layer = f.get(f"{a}.block_count")
         hd = head_dim or f.get(f"{a}.embedding_length") // f.get(f"{a}.attention.head_count")
         # 27B scales queries by 1/sqrt(n_embd / n_head), the others by 1/sqrt(head_dim)
-        scale_dim = f.get(f"{a}.embedding_length") // f.get(f"{a}.attention.head_count") if n_layer == 62 else hd
+        scale_dim = (
+            f.get(f"{a}.embedding_length") // f.get(f"{a}.attention.head_count") if n_layer == 62 else hd
+        )
         return super().from_gguf(
-            f, sliding_window=f.get(f"{a}.attention.sliding_window", 0),
+            f,
+            sliding_window=f.get(f"{a}.attention.sliding_window", 0),
             swa_pattern=f.get(f"{a}.attention.sliding_window_pattern", 6),
             rope_base_swa=f.get(f"{a}.rope.freq_base_swa", 10000.0),
             attn_scale=1.0 / np.sqrt(scale_dim),
-            final_softcap=f.get(f"{a}.final_logit_softcapping", 0.0), **extra)
+            final_softcap=f.get(f"{a}.final_logit_softcapping", 0.0),
+            **extra,
+        )
 
 
 class Gemma3Model(DecoderModel):

@@ -63,8 +63,15 @@ def rope(x: np.ndarray, pos: np.ndarray, base: float, n_rot: int, neox: bool) ->
     return out
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, scale: float,
-              window: int = 0, softcap: float = 0.0) -> np.ndarray:
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    q_pos: np.ndarray,
+    scale: float,
+    window: int = 0,
+    softcap: float = 0.0,
+) -> np.ndarray:
     """Causal grouped-query attention of queries at positions q_pos over keys 0..S-1.
 
     q: (T, Hq, hd); k, v: (S, Hkv, hd). window > 0 limits each query to the last `window`

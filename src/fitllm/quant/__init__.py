@@ -4,11 +4,28 @@ Each format's specification is gguf-py's numpy reference (gguf.quants); the comp
 dequantizers are tested bit-exact against it and the matrix products against float64.
 """
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
 
 #: formats with a compiled dequantizer and matrix product
-SUPPORTED_TYPES: frozenset[int] = frozenset(int(t) for t in (
-    T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K))
+SUPPORTED_TYPES: frozenset[int] = frozenset(
+    int(t)
+    for t in (
+        T.F32,
+        T.F16,
+        T.BF16,
+        T.Q8_0,
+        T.Q4_0,
+        T.Q4_1,
+        T.Q5_0,
+        T.Q5_1,
+        T.Q2_K,
+        T.Q3_K,
+        T.Q4_K,
+        T.Q5_K,
+        T.Q6_K,
+    )
+)
 
 
 def block_size(ggml_type: int) -> tuple[int, int]:
