@@ -19,7 +19,7 @@ class KVCache:
     def check_room(self, n_new: int) -> None:
         if self.n + n_new > self.n_ctx:
             raise ContextFullError(
-                f"context is full: {self.n} cached + {n_new} new tokens > n_ctx {self.n_ctx} (raise -c / n_ctx)"
+                f"context is full: {self.n} cached + {n_new} new tokens > n_ctx {self.n_ctx} (raise -c)"
             )
 
     def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

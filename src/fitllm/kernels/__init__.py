@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 ISA_NAMES = {0: "portable", 1: "avx2", 2: "avx512-vnni"}
 _ERRORS = {
@@ -38,6 +39,10 @@ def _load() -> ctypes.CDLL:
 
 
 _lib = _load()
+
+# numpy's BLAS only does the small attention products; its own spinning threads would fight the
+# kernels' OpenMP threads for the cores (2 threads made prompt processing 5x slower than 1)
+threadpool_limits(1, user_api="blas")
 
 
 def _default_threads() -> int:
