@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fitllm import kernels
-from fitllm.generate import decode_step, prefill
+from fitllm.generate import prefill
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
 from fitllm.sampling import SamplingParams, make_sampler
@@ -177,11 +177,4 @@ class Llama:
             yield tok
             if i + 1 == max_tokens or len(self.input_ids) + 1 >= self._n_ctx:
                 return  # the context holds prompt + completion
-            if self.logits_all:
-                self.eval([tok])
-            else:
-                self._decode_one(tok)
-
-    def _decode_one(self, tok: int) -> None:
-        self._scores[0] = self._last_logits = decode_step(self._model, self._kv, tok)
-        self.input_ids.append(tok)
+            self.eval([tok])

@@ -106,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="fitllm: %(message)s")
     try:
-        if a.command == "run" and a.ctx_size <= 0:
-            a.ctx_size = 0
         a.func(a)
     except (GGUFError, ContextFullError, ValueError, FileNotFoundError) as e:
         print(f"fitllm: error: {e}", file=sys.stderr)

@@ -30,13 +30,14 @@ def _texts(
     for tok in tokens:
         n += 1
         raw += llm._tok.token_to_piece(tok)
-        text = raw.decode("utf-8", "ignore") if _incomplete_utf8(raw) else raw.decode("utf-8", "replace")
+        partial = _incomplete_utf8(raw)
+        text = raw.decode("utf-8", "ignore") if partial else raw.decode("utf-8", "replace")
         cut = _first_stop(text, stops)
         if cut >= 0:
             tokens.close()
             yield text[sent:cut], "stop", n
             return
-        safe = len(text) - _held_back(text, stops) if not _incomplete_utf8(raw) else len(text)
+        safe = len(text) if partial else len(text) - _held_back(text, stops)
         if safe > sent:
             yield text[sent:safe], None, n
             sent = safe

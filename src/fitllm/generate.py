@@ -1,8 +1,9 @@
-"""Generation as small functions plus a generator: prefill, decode_step, generate()."""
+"""Generation steps: prefill (batched prompt) and decode_step (one token).
+The sampling loop is Llama._stream_tokens in api.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,30 +23,3 @@ def prefill(
 
 def decode_step(model: DecoderModel, kv: KVCache, token: int) -> np.ndarray:
     return model.forward(np.array([token]), kv)[-1]
-
-
-def generate(
-    model: DecoderModel,
-    kv: KVCache,
-    prompt: Sequence[int],
-    sample: Callable[[np.ndarray, list], int],
-    max_tokens: int,
-    is_eog: Callable[[int], bool],
-    n_batch: int = 512,
-    logits: np.ndarray | None = None,
-) -> Iterator[int]:
-    """Yield sampled tokens until an end-of-generation token or max_tokens.
-
-    `prompt` is evaluated unless `logits` (of its last token) are given."""
-    history = list(prompt)
-    if logits is None:
-        logits = prefill(model, kv, prompt, n_batch)
-    for _ in range(max_tokens):
-        tok = sample(logits, history)
-        if is_eog(tok):
-            return
-        yield tok
-        history.append(tok)
-        if kv.n >= kv.n_ctx:
-            return
-        logits = decode_step(model, kv, tok)

@@ -235,7 +235,7 @@ class GGUFTokenizer:
             elif ty == USER_DEFINED:
                 out.append(t.encode("utf-8", "surrogateescape"))
             elif bd is not None:
-                out.append(bytes(bd.get(c, 0x3F) for c in t) if all(c in bd for c in t) else t.encode())
+                out.append(bytes(bd[c] for c in t) if all(c in bd for c in t) else t.encode())
             elif ty == BYTE:
                 out.append(bytes([int(t[3:5], 16)]))
             else:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fitllm import kernels
 from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.kv_cache import KVCache
 from fitllm.models.layers import Linear, rms_norm
@@ -79,8 +80,6 @@ class DecoderModel:
             owner, parts = self.blk[idx], parts[2:]
         attr, kind = parts[0], parts[-1]
         if len(t.shape) == 1:  # norms and biases are small f32 vectors
-            from fitllm import kernels
-
             vec = kernels.dequantize(t.ggml_type, t.data, 1, t.shape[0])[0]
             if kind == "bias":
                 lin = getattr(owner, attr, None)
