@@ -6,6 +6,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 from fitllm import kernels as K
+from fitllm.quant.activations import RECORD, dequantize_activations, quantize_activations
 
 ALL = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 # K-types: gguf-py cannot quantize them, so random blocks with finite fp16 scales (valid data)
@@ -31,15 +32,20 @@ def make_weights(t, rows, cols, rng):
     return quants.quantize(x, t).view(np.uint8).reshape(rows, -1)
 
 
-def q8_reference(x):
-    """The 8-bit activation quantization the kernels use, in numpy."""
-    b = x.reshape(x.shape[0], -1, 32).astype(np.float32)
-    amax = np.abs(b).max(-1, keepdims=True)
-    d = amax / np.float32(127)
-    with np.errstate(divide="ignore"):
-        idv = np.where(amax > 0, np.float32(127) / amax, 0)
-    q = np.rint(b * idv)
-    return (q * d).reshape(x.shape).astype(np.float64)
+def act_reference(t, x):
+    """The activations the product uses by the numpy spec, as float64 values."""
+    a = quantize_activations(int(t), x)
+    return a.astype(np.float64) if a.dtype != RECORD else dequantize_activations(a, x.shape)
+
+
+@pytest.mark.parametrize("t", ALL, ids=lambda t: t.name)
+def test_activations_bit_exact(t):
+    x = np.random.default_rng(3).standard_normal((5, 512)).astype(np.float32) * 3
+    x[1] = 0  # all-zero blocks
+    x[2, :256] = -x[2, :256]  # a negative signed maximum (Q8_K)
+    want = quantize_activations(int(t), x)
+    got = K.quantize_act(int(t), x)
+    assert np.array_equal(got, want.view(np.uint8).reshape(-1))
 
 
 @pytest.fixture(autouse=True)
@@ -73,11 +79,13 @@ def test_matmul(t, isa, n_tokens):
     exact = x.astype(np.float64) @ wf.T
     # llama.cpp's range for 8-bit activations against the exact product
     assert np.linalg.norm(y - exact) / np.linalg.norm(exact) < 1e-2
-    if t in (T.F32, T.F16, T.BF16):
-        np.testing.assert_allclose(y, exact, rtol=1e-4, atol=1e-4)
-    else:  # with the activations quantized as specified, only float rounding remains
-        ref = q8_reference(x) @ wf.T
-        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # with the activations prepared as specified, only float rounding remains
+    ref = act_reference(t, x) @ wf.T
+    if t in (T.Q4_1, T.Q5_1):  # their offsets multiply Q8_1's fp16 sum s, not d * sum(q)
+        a = quantize_activations(int(t), x).reshape(n_tokens, -1)
+        m = w.reshape(rows, -1, {T.Q4_1: 20, T.Q5_1: 24}[t])[..., 2:4].copy().view(np.float16)[..., 0]
+        ref += (a["s0"] - a["d"] * a["q"].sum(-1)).astype(np.float64) @ m.astype(np.float64).T
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 def test_isa_paths_agree():

@@ -10,13 +10,15 @@ from fitllm.kv_cache import ContextFullError
 from fitllm.models import load_model
 from tiny_models import write_tiny
 
-# Near-tie margin. The issue asked for 0.05, but llama.cpp fails that against itself: with flash
-# attention on (vs its default, off, which made the golden data) it flips the top-1 at margins up
-# to 0.21 (SmolLM2 teacher-forced: 11 positions >= 0.05) and leaves the greedy path at steps whose
-# golden margins are 0.09, 0.13 and 0.18, the very steps where fitllm leaves it. 8-bit activation
-# rounding turns any tiny difference into noise of that size. 0.3 is above llama.cpp's own noise.
-MARGIN = 0.3
-MIN_AGREEMENT = 0.92  # llama.cpp FA-on vs FA-off top-1 agreement here: 94.3 % (SmolLM2), 97.4 % (Gemma)
+# Near-tie margin. The issue asks for 0.05, but llama.cpp fails that against itself: on the
+# teacher-forced text below, llama.cpp with flash attention on (vs off, which made the golden data)
+# flips the top-1 at margins up to 0.389 (SmolLM2, 94.3 % agreement) and 0.293 (Gemma, 97.4 %);
+# with n_batch 7 instead of 512, Gemma flips at up to 0.166 (95.6 %). 8-bit activation rounding
+# turns any difference in float summation order into noise of that size (fitllm's compiled path is
+# bit-identical to llama.cpp through the first layers, then parts by float order). Measured with
+# tests/golden/self_noise.py. 0.4 is above llama.cpp's own noise.
+MARGIN = 0.4
+MIN_AGREEMENT = 0.92  # llama.cpp against itself: 94.3 % (SmolLM2, FA on/off), 95.6 % (Gemma, n_batch 7)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +69,20 @@ def test_qwen2_biases_are_used(tmp_path):
     assert q.blk[0].attn_q.bias is not None
     toks = np.array([5, 6, 7])
     with_bias = prefill(q, q.new_cache(8), toks)
-    for b in q.blk:
-        b.attn_q.bias = b.attn_k.bias = b.attn_v.bias = None
+    for b in q.blk:  # in place: the compiled specs point at these arrays
+        b.attn_q.bias[:] = b.attn_k.bias[:] = b.attn_v.bias[:] = 0
     assert not np.allclose(with_bias, prefill(q, q.new_cache(8), toks), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_compiled_block_matches_numpy_reference(arch, tmp_path):
+    kw = {"sliding_window_pattern": 2} if arch == "gemma3" else {}
+    model = load_model(GGUFFile(write_tiny(tmp_path / f"{arch}.gguf", arch, n_layer=4, **kw)))
+    toks = np.random.default_rng(1).integers(3, 64, 10)
+    fast = model.forward(toks, model.new_cache(16), all_logits=True)
+    ref = model.forward_reference(toks, model.new_cache(16), all_logits=True)
+    # the compiled path rounds q and the softmax weights to fp16 as llama.cpp does; numpy does not
+    np.testing.assert_allclose(fast, ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
 
 
 def test_gemma3_sliding_window(tmp_path):

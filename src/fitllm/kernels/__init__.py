@@ -35,6 +35,13 @@ def _load() -> ctypes.CDLL:
     lib.fl_row_bytes.argtypes = [i32, i64]
     lib.fl_row_bytes.restype = sz
     lib.fl_set_isa.argtypes = [i32]
+    lib.fl_quantize_act.argtypes = [i32, p, i64, i64, p]
+    lib.fl_act_row_bytes.argtypes = [i32, i64]
+    lib.fl_act_row_bytes.restype = sz
+    lib.fl_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
+    lib.fl_layer_work_bytes.argtypes = [p, i64, i64, i32]
+    lib.fl_layer_work_bytes.restype = sz
+    lib.fl_layer_forward.argtypes = [p, p, p, i64, p, i64, i64, p, sz, i32]
     return lib
 
 
@@ -126,3 +133,107 @@ def get_rows(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, ids: np.ndar
         "get_rows",
     )
     return out
+
+
+def quantize_act(ggml_type: int, x: np.ndarray) -> np.ndarray:
+    """The activations a matmul with this weight type uses, as raw records (tests compare them)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    kind = _lib.fl_act_kind(ggml_type)
+    out = np.zeros(_lib.fl_act_row_bytes(kind, x.shape[1]) * x.shape[0], np.uint8)
+    _check(
+        _lib.fl_quantize_act(ggml_type, x.ctypes.data, x.shape[0], x.shape[1], out.ctypes.data),
+        "quantize_act",
+    )
+    return out
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if w.shape != (x.shape[-1],):
+        raise ValueError(f"rms_norm: weight {w.shape} for rows of {x.shape[-1]}")
+    out = np.empty_like(x)
+    n = x.shape[-1]
+    _check(_lib.fl_rms_norm(x.ctypes.data, x.size // n, n, w.ctypes.data, eps, out.ctypes.data), "rms_norm")
+    return out
+
+
+class Mat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("data", "nbytes", "type", "nrows", "ncols")] + [
+        ("bias", ctypes.c_void_p)
+    ]
+
+
+_LAYER_INTS = (
+    "n_embd",
+    "n_head",
+    "n_head_kv",
+    "head_dim",
+    "n_ff",
+    "n_rot",
+    "window",
+    "rope_neox",
+    "act_gelu",
+)
+_LAYER_FLOATS = ("eps", "rope_base", "q_scale", "kq_scale", "attn_softcap")
+_LAYER_VECS = ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm")
+_LAYER_MATS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class LayerSpec(ctypes.Structure):
+    """Mirror of fl_layer (csrc/layer.c): one transformer block for fl_layer_forward."""
+
+    _fields_ = (
+        [(n, ctypes.c_int64) for n in _LAYER_INTS]
+        + [(n, ctypes.c_double) for n in _LAYER_FLOATS]
+        + [(n, ctypes.c_void_p) for n in _LAYER_VECS]
+        + [(n, Mat) for n in _LAYER_MATS]
+    )
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    if a is None:
+        return None
+    assert a.dtype == np.float32 and a.flags.c_contiguous
+    return a.ctypes.data
+
+
+def layer_spec(**kw) -> LayerSpec:
+    """Build a LayerSpec from ints, floats, f32 vectors (or None) and (weight Tensor, bias) pairs."""
+    spec = LayerSpec()
+    spec.keep = kw  # the arrays must outlive the spec
+    for n in _LAYER_INTS + _LAYER_FLOATS:
+        setattr(spec, n, kw[n])
+    for n in _LAYER_VECS:
+        setattr(spec, n, _ptr(kw.get(n)))
+    for n in _LAYER_MATS:
+        t, bias = kw[n]
+        rows, cols = t.shape
+        setattr(spec, n, Mat(t.data.ctypes.data, t.data.nbytes, t.ggml_type, rows, cols, _ptr(bias)))
+    return spec
+
+
+_work = np.empty(0, np.uint8)
+
+
+def layer_forward(spec: LayerSpec, kc: np.ndarray, vc: np.ndarray, x: np.ndarray, pos0: int) -> None:
+    """x (T, n_embd) <- the block applied in place; kc/vc: this layer's fp16 caches (n_ctx, n_kv, hd)."""
+    global _work
+    assert x.dtype == np.float32 and x.flags.c_contiguous and kc.dtype == vc.dtype == np.float16
+    T, n_ctx = x.shape[0], kc.shape[0]
+    need = _lib.fl_layer_work_bytes(ctypes.byref(spec), T, n_ctx, _threads)
+    if _work.nbytes < need:
+        _work = np.empty(need, np.uint8)
+    rc = _lib.fl_layer_forward(
+        ctypes.byref(spec),
+        kc.ctypes.data,
+        vc.ctypes.data,
+        n_ctx,
+        x.ctypes.data,
+        T,
+        pos0,
+        _work.ctypes.data,
+        _work.nbytes,
+        _threads,
+    )
+    _check(rc, "layer")

@@ -1,7 +1,9 @@
 """The decoder skeleton every architecture shares: hyper-parameters, loading, forward pass.
 
 Attribute names are GGUF tensor names (blk[i].attn_q, token_embd, output_norm, ...), so loading
-is a walk over the file's tensor dict. Architectures override `layer` (and `embed` if needed).
+is a walk over the file's tensor dict. Each architecture states its block twice: `layer_spec`, the
+flags of the compiled block (kernels/csrc/layer.c) that runs it, and `layer`, the same block in
+numpy: readable, slow, the reference the compiled path is tested against.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from fitllm import kernels
 from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.kv_cache import KVCache
-from fitllm.models.layers import Linear, rms_norm
+from fitllm.models.layers import Linear
 
 
 @dataclass
@@ -102,17 +104,63 @@ class DecoderModel:
     def layer(self, i: int, blk: SimpleNamespace, x: np.ndarray, pos: np.ndarray, kv: KVCache) -> np.ndarray:
         raise NotImplementedError
 
-    def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
-        """Logits (T, vocab) for the new tokens (only the last row unless all_logits)."""
+    def layer_spec(self, i: int, blk: SimpleNamespace) -> dict[str, Any]:
+        """What the compiled block needs beyond the common fields (see `spec`)."""
+        raise NotImplementedError
+
+    def spec(self, i: int, blk: SimpleNamespace) -> kernels.LayerSpec:
+        hp = self.hp
+        common = dict(
+            n_embd=hp.n_embd,
+            n_head=hp.n_head,
+            n_head_kv=hp.n_head_kv,
+            head_dim=hp.head_dim,
+            n_ff=hp.n_ff,
+            n_rot=hp.n_rot,
+            eps=hp.norm_eps,
+            rope_base=hp.rope_base,
+            window=0,
+            q_scale=1.0,
+            kq_scale=1.0 / np.sqrt(hp.head_dim),
+            attn_softcap=0.0,
+            attn_norm=blk.attn_norm,
+            ffn_norm=blk.ffn_norm,
+        )
+        for name in ("q", "k", "v", "output"):
+            lin = getattr(blk, "attn_" + name)
+            common[name[0]] = (lin.weight, lin.bias)
+        for name in ("gate", "up", "down"):
+            lin = getattr(blk, "ffn_" + name)
+            common[name] = (lin.weight, lin.bias)
+        return kernels.layer_spec(**{**common, **self.layer_spec(i, blk)})
+
+    def _tokens(self, tokens: np.ndarray, kv: KVCache) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.hp.n_vocab):
             raise ValueError(f"token id out of range [0, {self.hp.n_vocab})")
         kv.check_room(tokens.size)
+        return tokens
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.output(kernels.rms_norm(x, self.output_norm, self.hp.norm_eps))
+
+    def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Logits (T, vocab) for the new tokens (only the last row unless all_logits)."""
+        tokens = self._tokens(tokens, kv)
+        if not hasattr(self, "_specs"):
+            self._specs = [self.spec(i, blk) for i, blk in enumerate(self.blk)]
+        x = np.ascontiguousarray(self.embed(tokens), dtype=np.float32)
+        for i, spec in enumerate(self._specs):
+            kernels.layer_forward(spec, kv.k[i], kv.v[i], x, kv.n)
+        kv.n += tokens.size
+        return self.logits(x if all_logits else x[-1:])
+
+    def forward_reference(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
+        """forward() in numpy, block by block (`layer`): the readable reference."""
+        tokens = self._tokens(tokens, kv)
         pos = np.arange(kv.n, kv.n + tokens.size)
         x = self.embed(tokens)
         for i, blk in enumerate(self.blk):
             x = self.layer(i, blk, x, pos, kv)
         kv.n += tokens.size
-        if not all_logits:
-            x = x[-1:]
-        return self.output(rms_norm(x, self.output_norm, self.hp.norm_eps))
+        return self.logits(x if all_logits else x[-1:])

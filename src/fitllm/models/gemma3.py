@@ -76,8 +76,23 @@ class Gemma3Model(DecoderModel):
         h = blk.ffn_down(gelu_tanh(blk.ffn_gate(h)) * blk.ffn_up(h))
         return x + rms_norm(h, blk.post_ffw_norm, eps)
 
-    def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
-        logits = super().forward(tokens, kv, all_logits)
+    def layer_spec(self, i: int, blk: SimpleNamespace) -> dict:
+        hp, swa = self.hp, self.is_swa(i)
+        return dict(
+            rope_neox=1,
+            act_gelu=1,
+            q_norm=blk.attn_q_norm,
+            k_norm=blk.attn_k_norm,
+            post_attn_norm=blk.post_attention_norm,
+            post_ffn_norm=blk.post_ffw_norm,
+            rope_base=hp.rope_base_swa if swa else hp.rope_base,
+            window=hp.sliding_window if swa else 0,
+            q_scale=hp.attn_scale,
+            kq_scale=1.0,
+        )
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        logits = super().logits(x)
         if self.hp.final_softcap:
             c = np.float32(self.hp.final_softcap)
             logits = np.tanh(logits / c) * c

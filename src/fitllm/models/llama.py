@@ -25,6 +25,9 @@ class LlamaModel(DecoderModel):
         o = attention(q, keys, values, pos, 1.0 / np.sqrt(hp.head_dim))
         return blk.attn_output(o)
 
+    def layer_spec(self, i: int, blk: SimpleNamespace) -> dict:
+        return dict(rope_neox=int(self.neox_rope), act_gelu=0)
+
     def layer(self, i: int, blk: SimpleNamespace, x: np.ndarray, pos: np.ndarray, kv: KVCache) -> np.ndarray:
         eps = self.hp.norm_eps
         x = x + self.attn(i, blk, rms_norm(x, blk.attn_norm, eps), pos, kv)

@@ -1,6 +1,7 @@
 /* Public entry points: size checks, activation quantization, threading and ISA dispatch.
  * Python calls these through ctypes, which releases the GIL for the duration of the call. */
 #include <omp.h>
+#include <math.h>
 #include <stdlib.h>
 #include "fitllm.h"
 
@@ -66,9 +67,44 @@ typedef void (*mm_f_fn)(int, const uint8_t *, size_t, int64_t, const float *, in
                         int64_t);
 static const mm_q_fn MM_Q[] = {fl_mm_q_portable, fl_mm_q_avx2, fl_mm_q_vnni};
 static const mm_f_fn MM_F[] = {fl_mm_f_portable, fl_mm_f_avx2, fl_mm_f_vnni};
+static float (*const DOT_F16[])(const uint16_t *, const uint16_t *, int64_t) = {
+    fl_dot_f16_portable, fl_dot_f16_avx2, fl_dot_f16_vnni};
+static void (*const AXPY_F16[])(float *, const uint16_t *, float, int64_t) = {
+    fl_axpy_f16_portable, fl_axpy_f16_avx2, fl_axpy_f16_vnni};
+
+float fl_dot_f16(const uint16_t *a, const uint16_t *b, int64_t n) { return DOT_F16[fl_get_isa()](a, b, n); }
+void fl_axpy_f16(float *y, const uint16_t *v, float p, int64_t n) { AXPY_F16[fl_get_isa()](y, v, p, n); }
+
+/* Rows of activations [ith-th share of T] in the kind a weight type wants. Inside a parallel region. */
+void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth) {
+    const size_t rb = fl_act_row_bytes(kind, n);
+    for (int64_t t = ith; t < T; t += nth) fl_act_row(kind, x + t * n, n, (uint8_t *)out + t * rb);
+}
 
 #define ROWS_PER_TASK 16
 #define TOKENS_PER_TASK 32
+
+/* This thread's share of y (T, ldy)[:, :nrows] = act . W^T (+ bias), in tasks of 16 rows x 32 tokens.
+ * Inside a parallel region; the caller has checked the sizes. */
+void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
+                int64_t T, float *y, int64_t ldy, int ith, int nth) {
+    const int isa = fl_get_isa(), kind = fl_act_kind(type);
+    const size_t rb = fl_row_bytes(type, ncols), ab = fl_act_row_bytes(kind, ncols);
+    const int64_t nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+    const int64_t ntask = nrt * ((T + TOKENS_PER_TASK - 1) / TOKENS_PER_TASK);
+    for (int64_t k = ith; k < ntask; k += nth) {
+        const int64_t r0 = (k % nrt) * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < nrows ? r0 + ROWS_PER_TASK : nrows;
+        const int64_t t0 = (k / nrt) * TOKENS_PER_TASK, nt = T - t0 < TOKENS_PER_TASK ? T - t0 : TOKENS_PER_TASK;
+        const uint8_t *a = (const uint8_t *)act + t0 * ab;
+        if (kind >= FL_ACT_Q8_0)
+            MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, nt, r0, r1, y + t0 * ldy, ldy);
+        else
+            MM_F[isa](type, w, rb, ncols, (const float *)a, nt, r0, r1, y + t0 * ldy, ldy);
+        if (bias)
+            for (int64_t t = t0; t < t0 + nt; t++)
+                for (int64_t r = r0; r < r1; r++) y[t * ldy + r] += bias[r];
+    }
+}
 
 /* y (T, nrows) = x (T, ncols) . W^T, W given as nrows rows of GGUF blocks. */
 int fl_matmul(int type, const void *w, size_t w_bytes, int64_t nrows, int64_t ncols, const float *x, int64_t T,
@@ -76,30 +112,37 @@ int fl_matmul(int type, const void *w, size_t w_bytes, int64_t nrows, int64_t nc
     size_t rb = fl_row_bytes(type, ncols);
     if (!rb) return FL_EBADTYPE;
     if (nrows <= 0 || T <= 0 || w_bytes < rb * (size_t)nrows) return FL_ESIZE;
-    const int isa = fl_get_isa();
-    const uint8_t *wb = (const uint8_t *)w;
-    const int quant = FL_TYPES[type].blck > 1;
-    const int64_t nb32 = ncols / 32;
-    fl_q8 *a = NULL;
-    if (quant) {
-        a = (fl_q8 *)malloc(sizeof(fl_q8) * (size_t)(nb32 * T));
-        if (!a) return FL_ENOMEM;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (T > 4)
-        for (int64_t t = 0; t < T; t++) fl_quantize_q8(x + t * ncols, ncols, a + t * nb32);
-    }
-    const int64_t nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    const int64_t ntt = (T + TOKENS_PER_TASK - 1) / TOKENS_PER_TASK;
-#pragma omp parallel for schedule(static) collapse(2) num_threads(nthreads)
-    for (int64_t it = 0; it < ntt; it++) {
-        for (int64_t ir = 0; ir < nrt; ir++) {
-            int64_t r0 = ir * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < nrows ? r0 + ROWS_PER_TASK : nrows;
-            int64_t t0 = it * TOKENS_PER_TASK, nt = T - t0 < TOKENS_PER_TASK ? T - t0 : TOKENS_PER_TASK;
-            if (quant)
-                MM_Q[isa](type, wb, rb, nb32, a + t0 * nb32, nt, r0, r1, y + t0 * nrows, nrows);
-            else
-                MM_F[isa](type, wb, rb, ncols, x + t0 * ncols, nt, r0, r1, y + t0 * nrows, nrows);
-        }
+    const int kind = fl_act_kind(type);
+    void *a = malloc(fl_act_row_bytes(kind, ncols) * (size_t)T);
+    if (!a) return FL_ENOMEM;
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int ith = omp_get_thread_num(), nth = omp_get_num_threads();
+        fl_act_rows(kind, x, T, ncols, a, ith, nth);
+#pragma omp barrier
+        fl_mm_part(type, (const uint8_t *)w, nrows, ncols, NULL, a, T, y, nrows, ith, nth);
     }
     free(a);
+    return FL_OK;
+}
+
+/* y = x / rms(x) * w per row, with ggml's rounding (sum of squares in double, the rest in float). */
+void fl_rms_row(const float *x, int64_t n, const float *w, float eps, float *y) {
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++) sum += (double)(x[j] * x[j]);
+    const float mean = (float)(sum / (double)n), scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t j = 0; j < n; j++) y[j] = x[j] * scale * w[j];
+}
+
+int fl_rms_norm(const float *x, int64_t T, int64_t n, const float *w, float eps, float *y) {
+    if (T < 0 || n <= 0) return FL_ESIZE;
+    for (int64_t t = 0; t < T; t++) fl_rms_row(x + t * n, n, w, eps, y + t * n);
+    return FL_OK;
+}
+
+/* Activations as a matmul with this weight type prepares them (tests compare with the numpy spec). */
+int fl_quantize_act(int type, const float *x, int64_t T, int64_t n, void *out) {
+    if (!fl_row_bytes(type, n) || T < 0) return FL_EBADTYPE;
+    fl_act_rows(fl_act_kind(type), x, T, n, out, 0, 1);
     return FL_OK;
 }

@@ -139,22 +139,3 @@ void fl_dequantize_row(int type, const uint8_t *src, int64_t n, float *y) {
         }
     }
 }
-
-/* Activations to 8-bit blocks of 32 (round half to even, as ggml's SIMD quantizer does). */
-void fl_quantize_q8(const float *x, int64_t n, fl_q8 *out) {
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float *v = x + 32 * i;
-        float amax = 0.f;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(v[j]));
-        float d = amax / 127.f, id = d != 0.f ? 127.f / amax : 0.f;
-        int s0 = 0, s1 = 0;
-        for (int j = 0; j < 32; j++) {
-            int q = (int)nearbyintf(v[j] * id);
-            out[i].q[j] = (int8_t)q;
-            if (j < 16) s0 += q; else s1 += q;
-        }
-        out[i].d = d;
-        out[i].s0 = d * (float)s0;
-        out[i].s1 = d * (float)s1;
-    }
-}

@@ -297,3 +297,30 @@ void FL_PASTE(fl_mm_f_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes,
                                    const float *x, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
     switch (type) { FL_MF_CASE(FL_F32) FL_MF_CASE(FL_F16) FL_MF_CASE(FL_BF16) }
 }
+
+/* Attention on the fp16 cache: q.k with both sides fp16 (llama.cpp rounds q to fp16 for this
+ * product), and y += p * v. Products of two fp16 values are exact in f32. */
+float FL_PASTE(fl_dot_f16_, FL_SUFFIX)(const uint16_t *a, const uint16_t *b, int64_t n) {
+    int64_t j = 0;
+    float s = 0.f;
+#if FL_SIMD
+    __m256 acc = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + j))),
+                              _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + j))), acc);
+    s = hsum8(acc);
+#endif
+    for (; j < n; j++) s += fl_h2f(a[j]) * fl_h2f(b[j]);
+    return s;
+}
+
+void FL_PASTE(fl_axpy_f16_, FL_SUFFIX)(float *y, const uint16_t *v, float p, int64_t n) {
+    int64_t j = 0;
+#if FL_SIMD
+    const __m256 pv = _mm256_set1_ps(p);
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(y + j, _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + j))), pv,
+                                                _mm256_loadu_ps(y + j)));
+#endif
+    for (; j < n; j++) y[j] += p * fl_h2f(v[j]);
+}

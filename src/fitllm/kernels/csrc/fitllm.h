@@ -70,12 +70,57 @@ static inline float fl_bf2f(uint16_t h) {
     void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32,                \
                        const fl_q8 *a, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
     void fl_mm_f_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t ncols,               \
-                       const float *x, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy);
+                       const float *x, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
+    float fl_dot_f16_##sfx(const uint16_t *a, const uint16_t *b, int64_t n);                    \
+    void fl_axpy_f16_##sfx(float *y, const uint16_t *v, float p, int64_t n);
 FL_DECLARE_ISA(portable)
 FL_DECLARE_ISA(avx2)
 FL_DECLARE_ISA(vnni)
 
+/* float -> fp16, round to nearest even (what F16C and ggml's converters do) */
+static inline uint16_t fl_f2h(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    x &= 0x7fffffffu;
+    if (x >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (x > 0x7f800000u ? 0x200 : 0)); /* inf, nan */
+    if (x >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);                                 /* overflow */
+    if (x < 0x38800000u) { /* fp16 subnormal or zero: add as a float to round at the right bit */
+        float a;
+        memcpy(&a, &x, 4);
+        a += 0.5f;
+        uint32_t b;
+        memcpy(&b, &a, 4);
+        return (uint16_t)(sign | (b - 0x3f000000u));
+    }
+    const uint32_t odd = (x >> 13) & 1;
+    x += 0xc8000fffu + odd; /* rebias exponent (-112 << 23) and round the 13 dropped bits */
+    return (uint16_t)(sign | (x >> 13));
+}
+
+static inline uint16_t fl_f2bf(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 64); /* quiet nan */
+    return (uint16_t)((x + (0x7fff + ((x >> 16) & 1))) >> 16);
+}
+
+/* activation kinds: what llama.cpp converts a matmul's input to for each weight type */
+enum { FL_ACT_F32 = 0, FL_ACT_F16 = 1, FL_ACT_BF16 = 2, FL_ACT_Q8_0 = 3, FL_ACT_Q8_1 = 4, FL_ACT_Q8_K = 5 };
+int fl_act_kind(int type);
+size_t fl_act_row_bytes(int kind, int64_t n);
+void fl_act_row(int kind, const float *x, int64_t n, void *out);
+
 void fl_dequantize_row(int type, const uint8_t *src, int64_t n, float *dst);
-void fl_quantize_q8(const float *x, int64_t n, fl_q8 *out);
+
+/* shared by core.c and layer.c */
+int fl_get_isa(void);
+size_t fl_row_bytes(int type, int64_t n);
+void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth);
+void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
+                int64_t T, float *y, int64_t ldy, int ith, int nth);
+void fl_rms_row(const float *x, int64_t n, const float *w, float eps, float *y);
+float fl_dot_f16(const uint16_t *a, const uint16_t *b, int64_t n);
+void fl_axpy_f16(float *y, const uint16_t *v, float p, int64_t n);
 
 #endif

@@ -1,0 +1,271 @@
+/* One transformer block per call: the decode and prompt hot path.
+ *
+ * One OpenMP team runs every step of the block, with a barrier between steps, so Python pays one
+ * call per layer instead of one per operation. The rounding points are llama.cpp's (CPU backend,
+ * flash attention off): activations quantized per weight type (act.c), the KV cache in fp16, q
+ * rounded to fp16 for q.k, softmax in f32, probabilities rounded to fp16 for p.v, RoPE angles by
+ * repeated float multiplication, GELU from a table of fp16 values. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include "fitllm.h"
+
+typedef struct {
+    const void *data;
+    int64_t nbytes, type, nrows, ncols;
+    const float *bias; /* NULL or nrows floats */
+} fl_mat;
+
+/* Mirrored by kernels.LayerSpec (ctypes): every scalar is int64 or double. */
+typedef struct {
+    int64_t n_embd, n_head, n_head_kv, head_dim, n_ff, n_rot, window, rope_neox, act_gelu;
+    double eps, rope_base, q_scale, kq_scale, attn_softcap;
+    const float *attn_norm, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm; /* optional: NULL */
+    fl_mat q, k, v, o, gate, up, down;
+} fl_layer;
+
+static uint16_t GELU_F16[65536];
+
+/* ggml's GELU table: gelu of every fp16 value, rounded to fp16 */
+__attribute__((constructor)) static void gelu_table(void) {
+    for (int i = 0; i < 65536; i++) {
+        const float x = fl_h2f((uint16_t)i);
+        const float g = 0.5f * x * (1.0f + tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
+        GELU_F16[i] = fl_f2h(g);
+    }
+}
+
+static inline float gelu(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    return fl_h2f(GELU_F16[fl_f2h(x)]);
+}
+
+static int mat_ok(const fl_mat *m, int64_t nrows, int64_t ncols) {
+    size_t rb = fl_row_bytes((int)m->type, ncols);
+    return m->data && rb && m->nrows == nrows && m->ncols == ncols && (size_t)m->nbytes >= rb * (size_t)nrows;
+}
+
+static int64_t maxi(int64_t a, int64_t b) { return a > b ? a : b; }
+#define ALIGN64(n) (((n) + 63) & ~(size_t)63)
+
+typedef struct {
+    float *h, *q, *k, *v, *att, *tmp, *gate, *up, *rope, *scr;
+    uint8_t *act[3];
+    size_t scr_floats;
+} work_t;
+
+/* Carve the work buffer; returns the bytes needed (and fills w when buf is given). */
+static size_t work_layout(const fl_layer *L, int64_t T, int64_t n_ctx, int nthreads, uint8_t *buf, work_t *w) {
+    const int64_t nq = L->n_head * L->head_dim, nkv = L->n_head_kv * L->head_dim;
+    const int64_t widest = maxi(maxi(L->n_embd, nq), L->n_ff);
+    const size_t scr = (size_t)(2 * n_ctx + 2 * L->head_dim + 16);
+    size_t sizes[13] = {T * L->n_embd, T * nq, T * nkv, T * nkv, T * nq, T * L->n_embd, T * L->n_ff, T * L->n_ff,
+                        T * L->n_rot, scr * nthreads, T * widest, T * widest, T * widest};
+    float **slots[10] = {&w->h, &w->q, &w->k, &w->v, &w->att, &w->tmp, &w->gate, &w->up, &w->rope, &w->scr};
+    size_t off = 0;
+    for (int i = 0; i < 13; i++) {
+        if (buf) {
+            if (i < 10) *slots[i] = (float *)(buf + off);
+            else w->act[i - 10] = buf + off;
+        }
+        off += ALIGN64(sizes[i] * sizeof(float));
+    }
+    if (buf) w->scr_floats = scr;
+    return off;
+}
+
+size_t fl_layer_work_bytes(const fl_layer *L, int64_t T, int64_t n_ctx, int nthreads) {
+    work_t w;
+    return work_layout(L, T, n_ctx, nthreads, NULL, &w);
+}
+
+static int layer_check(const fl_layer *L, int64_t T, int64_t pos0, int64_t n_ctx) {
+    const int64_t E = L->n_embd, hd = L->head_dim, nq = L->n_head * hd, nkv = L->n_head_kv * hd;
+    if (T <= 0 || pos0 < 0 || pos0 + T > n_ctx) return FL_ESIZE;
+    if (L->n_head <= 0 || L->n_head_kv <= 0 || L->n_head % L->n_head_kv || hd <= 0 || hd % 2) return FL_ESIZE;
+    if (L->n_rot < 0 || L->n_rot > hd || L->n_rot % 2 || !L->attn_norm || !L->ffn_norm) return FL_ESIZE;
+    if (!mat_ok(&L->q, nq, E) || !mat_ok(&L->k, nkv, E) || !mat_ok(&L->v, nkv, E) || !mat_ok(&L->o, E, nq))
+        return FL_ESIZE;
+    if (!mat_ok(&L->gate, L->n_ff, E) || !mat_ok(&L->up, L->n_ff, E) || !mat_ok(&L->down, E, L->n_ff))
+        return FL_ESIZE;
+    return FL_OK;
+}
+
+static void mm(const fl_mat *m, const void *act, int64_t T, float *y, int ith, int nth) {
+    fl_mm_part((int)m->type, (const uint8_t *)m->data, m->nrows, m->ncols, m->bias, act, T, y, m->nrows, ith, nth);
+}
+
+/* Activations of x (T, n) for every matrix in mats, one buffer per distinct kind; acts[i] for mats[i]. */
+static void prepare(const fl_mat *const *mats, int nm, const float *x, int64_t T, int64_t n, work_t *w,
+                    const void **acts, int ith, int nth) {
+    int kinds[3];
+    for (int i = 0; i < nm; i++) {
+        kinds[i] = fl_act_kind((int)mats[i]->type);
+        int j = 0;
+        while (kinds[j] != kinds[i]) j++;
+        acts[i] = w->act[j];
+        if (j == i) fl_act_rows(kinds[i], x, T, n, w->act[j], ith, nth);
+    }
+}
+
+/* cos, sin of pos * base^(-2i/n_rot), the angle grown by repeated float multiplication as ggml does */
+static void rope_row(float *cs, int64_t pos, int64_t n_rot, float base) {
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    float theta = (float)pos;
+    for (int64_t i = 0; i < n_rot / 2; i++) {
+        cs[2 * i] = cosf(theta);
+        cs[2 * i + 1] = sinf(theta);
+        theta *= theta_scale;
+    }
+}
+
+static void rope_apply(float *x, const float *cs, int64_t n_rot, int neox) {
+    const int64_t half = n_rot / 2;
+    for (int64_t i = 0; i < half; i++) {
+        float *a = neox ? x + i : x + 2 * i, *b = neox ? x + i + half : x + 2 * i + 1;
+        const float x0 = *a, x1 = *b, c = cs[2 * i], s = cs[2 * i + 1];
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+}
+
+/* Per (token, head): q/k norm, RoPE, q scale; keys and values into the fp16 cache at their position. */
+static void qk_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, uint16_t *kc, uint16_t *vc, int ith,
+                    int nth) {
+    const int64_t hd = L->head_dim, H = L->n_head, Hkv = L->n_head_kv, ntask = T * (H + Hkv);
+    for (int64_t k = ith; k < ntask; k += nth) {
+        const int64_t t = k / (H + Hkv), h = k % (H + Hkv);
+        const float *cs = w->rope + t * L->n_rot;
+        if (h < H) {
+            float *q = w->q + (t * H + h) * hd;
+            if (L->q_norm) fl_rms_row(q, hd, L->q_norm, (float)L->eps, q);
+            rope_apply(q, cs, L->n_rot, (int)L->rope_neox);
+            if (L->q_scale != 1.0)
+                for (int64_t d = 0; d < hd; d++) q[d] *= (float)L->q_scale;
+        } else {
+            const int64_t g = h - H, at = ((pos0 + t) * Hkv + g) * hd;
+            float *kk = w->k + (t * Hkv + g) * hd;
+            const float *vv = w->v + (t * Hkv + g) * hd;
+            if (L->k_norm) fl_rms_row(kk, hd, L->k_norm, (float)L->eps, kk);
+            rope_apply(kk, cs, L->n_rot, (int)L->rope_neox);
+            for (int64_t d = 0; d < hd; d++) {
+                kc[at + d] = fl_f2h(kk[d]);
+                vc[at + d] = fl_f2h(vv[d]);
+            }
+        }
+    }
+}
+
+/* Causal (optionally windowed) attention for each (token, head) over the cache. */
+static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, const uint16_t *kc,
+                      const uint16_t *vc, int ith, int nth) {
+    const int64_t hd = L->head_dim, H = L->n_head, Hkv = L->n_head_kv, grp = H / Hkv;
+    float *s = w->scr + ith * w->scr_floats, *acc = s + 2 * (pos0 + T) + 8;
+    uint16_t *q16 = (uint16_t *)(acc + hd), *p16 = (uint16_t *)(s + (pos0 + T));
+    const float scale = (float)L->kq_scale, cap = (float)L->attn_softcap;
+    for (int64_t k = ith; k < T * H; k += nth) {
+        const int64_t t = k / H, h = k % H, g = h / grp, pos = pos0 + t;
+        const int64_t lo = L->window > 0 && pos - L->window + 1 > 0 ? pos - L->window + 1 : 0;
+        const float *q = w->q + (t * H + h) * hd;
+        for (int64_t d = 0; d < hd; d++) q16[d] = fl_f2h(q[d]);
+        float mx = -INFINITY;
+        for (int64_t i = lo; i <= pos; i++) {
+            float v = fl_dot_f16(q16, kc + (i * Hkv + g) * hd, hd) * scale;
+            if (cap > 0.f) v = tanhf(v / cap) * cap;
+            s[i] = v;
+            mx = v > mx ? v : mx;
+        }
+        double sum = 0.0;
+        for (int64_t i = lo; i <= pos; i++) {
+            s[i] = expf(s[i] - mx);
+            sum += (double)s[i];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int64_t i = lo; i <= pos; i++) p16[i] = fl_f2h(s[i] * inv);
+        memset(acc, 0, (size_t)hd * sizeof(float));
+        for (int64_t i = lo; i <= pos; i++) fl_axpy_f16(acc, vc + (i * Hkv + g) * hd, fl_h2f(p16[i]), hd);
+        memcpy(w->att + (t * H + h) * hd, acc, (size_t)hd * sizeof(float));
+    }
+}
+
+/* x += post_norm(y), then h = next_norm(x), for this thread's tokens */
+static void residual(const fl_layer *L, float *x, const float *y, float *tmp, const float *post,
+                     const float *next_norm, float *h, int64_t T, int ith, int nth) {
+    const int64_t E = L->n_embd;
+    for (int64_t t = ith; t < T; t += nth) {
+        float *yt = tmp + t * E;
+        if (post) fl_rms_row(y + t * E, E, post, (float)L->eps, yt);
+        else if (yt != y + t * E) memcpy(yt, y + t * E, (size_t)E * sizeof(float));
+        for (int64_t j = 0; j < E; j++) x[t * E + j] = yt[j] + x[t * E + j];
+        if (next_norm) fl_rms_row(x + t * E, E, next_norm, (float)L->eps, h + t * E);
+    }
+}
+
+static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, int64_t pos0, uint16_t *kc,
+                            uint16_t *vc, int ith, int nth) {
+    const void *acts[3];
+    for (int64_t t = ith; t < T; t += nth) {
+        rope_row(w->rope + t * L->n_rot, pos0 + t, L->n_rot, (float)L->rope_base);
+        fl_rms_row(x + t * L->n_embd, L->n_embd, L->attn_norm, (float)L->eps, w->h + t * L->n_embd);
+    }
+#pragma omp barrier
+    const fl_mat *qkv[3] = {&L->q, &L->k, &L->v};
+    prepare(qkv, 3, w->h, T, L->n_embd, w, acts, ith, nth);
+#pragma omp barrier
+    mm(&L->q, acts[0], T, w->q, ith, nth);
+    mm(&L->k, acts[1], T, w->k, ith, nth);
+    mm(&L->v, acts[2], T, w->v, ith, nth);
+#pragma omp barrier
+    qk_step(L, w, T, pos0, kc, vc, ith, nth);
+#pragma omp barrier
+    attn_step(L, w, T, pos0, kc, vc, ith, nth);
+#pragma omp barrier
+    const fl_mat *o[1] = {&L->o};
+    prepare(o, 1, w->att, T, L->n_head * L->head_dim, w, acts, ith, nth);
+#pragma omp barrier
+    mm(&L->o, acts[0], T, w->tmp, ith, nth);
+#pragma omp barrier
+    residual(L, x, w->tmp, w->tmp, L->post_attn_norm, L->ffn_norm, w->h, T, ith, nth);
+}
+
+static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int ith, int nth) {
+    const void *acts[3];
+    const fl_mat *gu[2] = {&L->gate, &L->up};
+    prepare(gu, 2, w->h, T, L->n_embd, w, acts, ith, nth);
+#pragma omp barrier
+    mm(&L->gate, acts[0], T, w->gate, ith, nth);
+    mm(&L->up, acts[1], T, w->up, ith, nth);
+#pragma omp barrier
+    const int64_t n = T * L->n_ff, per = (n + nth - 1) / nth, a = ith * per, b = a + per < n ? a + per : n;
+    for (int64_t j = a; j < b; j++) {
+        const float g = w->gate[j];
+        w->gate[j] = (L->act_gelu ? gelu(g) : g / (1.0f + expf(-g))) * w->up[j];
+    }
+#pragma omp barrier
+    const fl_mat *dn[1] = {&L->down};
+    prepare(dn, 1, w->gate, T, L->n_ff, w, acts, ith, nth);
+#pragma omp barrier
+    mm(&L->down, acts[0], T, w->tmp, ith, nth);
+#pragma omp barrier
+    residual(L, x, w->tmp, w->tmp, L->post_ffn_norm, NULL, NULL, T, ith, nth);
+}
+
+/* x (T, n_embd) <- the block applied to x, tokens at positions pos0.. ; kc, vc: fp16 (n_ctx, n_head_kv,
+ * head_dim) caches of this layer. work: fl_layer_work_bytes(L, T, n_ctx, nthreads) bytes. */
+int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ctx, float *x, int64_t T,
+                     int64_t pos0, void *work, size_t work_bytes, int nthreads) {
+    int rc = layer_check(L, T, pos0, n_ctx);
+    if (rc) return rc;
+    if (nthreads < 1) nthreads = 1;
+    work_t w;
+    if (!kc || !vc || !work || work_bytes < work_layout(L, T, n_ctx, nthreads, (uint8_t *)work, &w)) return FL_ESIZE;
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int ith = omp_get_thread_num(), nth = omp_get_num_threads();
+        attention_block(L, &w, x, T, pos0, kc, vc, ith, nth);
+#pragma omp barrier
+        ffn_block(L, &w, x, T, ith, nth);
+    }
+    return FL_OK;
+}
