@@ -61,14 +61,6 @@ static void deq_q2_k(const uint8_t *b, float *y) {
 }
 
 /* Q3_K's 16 six-bit scales, packed low nibbles in bytes 0-7 and high pairs in bytes 8-11 */
-void fl_q3k_scales(const uint8_t *s, int8_t *out) {
-    for (int i = 0; i < 16; i++) {
-        int lo = i < 8 ? (s[i] & 0xf) : (s[i - 8] >> 4);
-        int hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
-        out[i] = (int8_t)((lo | (hi << 4)) - 32);
-    }
-}
-
 static void deq_q3_k(const uint8_t *b, float *y) {
     const uint8_t *hm = b, *qs = b + 32;
     float d = fl_h2f_at(b + 108);
@@ -82,15 +74,6 @@ static void deq_q3_k(const uint8_t *b, float *y) {
 }
 
 /* Q4_K/Q5_K: 8 six-bit scales and 8 six-bit mins in 12 bytes */
-void fl_k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 0xf) | ((s[j] >> 6) << 4);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-    }
-}
-
 static void deq_q45_k(const uint8_t *b, float *y, int five) {
     float d = fl_h2f_at(b), dmin = fl_h2f_at(b + 2);
     uint8_t sc[8], mn[8];

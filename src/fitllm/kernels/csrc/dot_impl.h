@@ -10,8 +10,6 @@
 #include <immintrin.h>
 #endif
 
-void fl_q3k_scales(const uint8_t *s, int8_t *out);
-void fl_k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn);
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -32,7 +30,7 @@ ALWAYS_INLINE void blk_scales(const int type, const uint8_t *b, float *sc, float
     case FL_Q4_1: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = h2f(b + 2); break;
     case FL_Q5_0: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = -16.f * sc[0]; break;
     case FL_Q5_1: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = h2f(b + 2); break;
-    case FL_Q8_0: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = 0.f; break;
+    case FL_Q8_0: sc[0] = sc[1] = h2f(b); mn[0] = mn[1] = FL_VNNI ? -128.f * sc[0] : 0.f; break;
     case FL_Q2_K: {
         float d = h2f(b + 80), dmin = h2f(b + 82);
         for (int g = 0; g < 16; g++) { sc[g] = d * (float)(b[g] & 0xf); mn[g] = -dmin * (float)(b[g] >> 4); }
@@ -107,7 +105,7 @@ ALWAYS_INLINE __m256i chunk_quants(const int type, const uint8_t *b, int c) {
         __m256i hb = _mm256_and_si256(bits_to_bytes(h), _mm256_set1_epi8(0x10));
         return _mm256_or_si256(nibbles_lohi(qh + 4), hb);
     }
-    case FL_Q8_0: return load32(b + 2);
+    case FL_Q8_0: return FL_VNNI ? _mm256_xor_si256(load32(b + 2), _mm256_set1_epi8((char)0x80)) : load32(b + 2);
     case FL_Q2_K: return shr_mask(load32(b + 16 + 32 * (c >> 2)), 2 * (c & 3), 3);
     case FL_Q3_K: {
         __m256i q = shr_mask(load32(b + 32 + 32 * (c >> 2)), 2 * (c & 3), 3);
@@ -146,26 +144,75 @@ ALWAYS_INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-ALWAYS_INLINE float dot_row_q(const int type, const uint8_t *w, const fl_q8 *a, int64_t nblk) {
+/* R rows x C tokens of dot products, R*C independent accumulators: each weight chunk is unpacked
+ * once for C tokens and each activation chunk loaded once for R rows. The offsets (mins) go to a
+ * second accumulator, two lanes per pair: (offset of the first 16) * s0 + (second 16) * s1. */
+ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_t *w, size_t rb, const fl_q8 *a,
+                          int64_t nb32, int64_t nblk, float *y, int64_t ldy) {
     const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size;
-    __m256 acc = _mm256_setzero_ps();
-    float macc = 0.f;
-    float sc[16] = {0}, mn[16] = {0};
+    /* fixed sizes (R, C <= 4 are constants after inlining): variable-length arrays would live on the
+     * stack and put every accumulation through memory */
+    __m256 acc[4][4];
+    __m128 off[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < C; t++) { acc[r][t] = _mm256_setzero_ps(); off[r][t] = _mm_setzero_ps(); }
     for (int64_t i = 0; i < nblk; i++) {
-        const uint8_t *b = w + i * bsz;
-        blk_scales(type, b, sc, mn);
+        float sc[4][16], mn[4][16];
+        for (int r = 0; r < R; r++) {
+            /* the same block two tiles on: a tile takes about one memory latency (never faults) */
+            _mm_prefetch((const char *)(w + (r + 2 * R) * rb + i * bsz), _MM_HINT_T0);
+            blk_scales(type, w + r * rb + i * bsz, sc[r], mn[r]);
+        }
         for (int c = 0; c < nch; c++) {
-            const fl_q8 *ab = a + i * nch + c;
-            __m256i u = chunk_quants(type, b, c), s = _mm256_loadu_si256((const __m256i *)ab->q);
-            __m256 p;
-            if (type == FL_Q8_0) p = dot_u8s8(_mm256_sign_epi8(u, u), _mm256_sign_epi8(s, u));
-            else p = dot_u8s8(u, s);
-            __m256 scale = _mm256_set_m128(_mm_set1_ps(sc[2 * c + 1] * ab->d), _mm_set1_ps(sc[2 * c] * ab->d));
-            acc = _mm256_fmadd_ps(p, scale, acc);
-            macc += mn[2 * c] * ab->s0 + mn[2 * c + 1] * ab->s1;
+            __m256i s[4];
+            __m128 sp[4];
+            float d[4];
+            for (int t = 0; t < C; t++) {
+                const fl_q8 *ab = a + t * nb32 + i * nch + c;
+                s[t] = _mm256_loadu_si256((const __m256i *)ab->q);
+                sp[t] = _mm_castpd_ps(_mm_load_sd((const double *)&ab->s0));
+                d[t] = ab->d;
+            }
+            for (int r = 0; r < R; r++) {
+                __m256i u = chunk_quants(type, w + r * rb + i * bsz, c);
+                /* built from scalars: an 8-byte load over two 4-byte stores would stall store forwarding */
+                const __m128 mp = nch == 1 ? _mm_set1_ps(mn[r][0]) : _mm_setr_ps(mn[r][2 * c], mn[r][2 * c + 1], 0.f, 0.f);
+                for (int t = 0; t < C; t++) {
+                    __m256 p;
+                    if (type == FL_Q8_0 && !FL_VNNI) p = dot_u8s8(_mm256_sign_epi8(u, u), _mm256_sign_epi8(s[t], u));
+                    else p = dot_u8s8(u, s[t]);
+                    const int same = nch == 1 || type == FL_Q4_K || type == FL_Q5_K; /* one scale per 32 */
+                    const __m256 scale = same ? _mm256_set1_ps(sc[r][2 * c] * d[t])
+                                                  : _mm256_set_m128(_mm_set1_ps(sc[r][2 * c + 1] * d[t]),
+                                                                    _mm_set1_ps(sc[r][2 * c] * d[t]));
+                    acc[r][t] = _mm256_fmadd_ps(p, scale, acc[r][t]);
+                    off[r][t] = _mm_fmadd_ps(mp, sp[t], off[r][t]);
+                }
+            }
         }
     }
-    return hsum8(acc) + macc;
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < C; t++) {
+            const __m128 o = off[r][t];
+            y[t * ldy + r] = hsum8(acc[r][t]) + (_mm_cvtss_f32(o) + _mm_cvtss_f32(_mm_movehdup_ps(o)));
+        }
+}
+
+/* rows [r0, r1) x T_ tokens in tiles: RT x CT for batches, 4 x 1 for what is left (decode) */
+#define RT 2
+#define CT (FL_VNNI ? 4 : 2)
+ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a, int64_t T_,
+                            int64_t r0, int64_t r1, float *y, int64_t ldy) {
+    const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
+    int64_t t = 0, r;
+    for (; t + CT <= T_; t += CT) {
+        for (r = r0; r + RT <= r1; r += RT) tile_q(type, RT, CT, w + r * rb, rb, a + t * nb32, nb32, nblk, y + t * ldy + r, ldy);
+        for (; r < r1; r++) tile_q(type, 1, CT, w + r * rb, rb, a + t * nb32, nb32, nblk, y + t * ldy + r, ldy);
+    }
+    for (; t < T_; t++) {
+        for (r = r0; r + 4 <= r1; r += 4) tile_q(type, 4, 1, w + r * rb, rb, a + t * nb32, nb32, nblk, y + t * ldy + r, ldy);
+        for (; r < r1; r++) tile_q(type, 1, 1, w + r * rb, rb, a + t * nb32, nb32, nblk, y + t * ldy + r, ldy);
+    }
 }
 
 ALWAYS_INLINE __m256 load8_float(const int type, const uint8_t *w, int64_t j) {
@@ -269,16 +316,21 @@ ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, 
 #define FL_PASTE(a, b) FL_PASTE2(a, b)
 
 /* one case per type so that dot_row_q is specialised with the type as a constant */
+#if FL_SIMD
+#define FL_MM_CASE(T) case T: mm_tiles(T, w, row_bytes, nb32, a, T_, r0, r1, y, ldy); break;
+#else
 #define FL_MM_CASE(T)                                                              \
     case T:                                                                        \
         for (int64_t r = r0; r < r1; r++)                                          \
             for (int64_t t = 0; t < T_; t++)                                       \
                 y[t * ldy + r] = dot_row_q(T, w + r * row_bytes, a + t * nb32, nblk); \
         break;
+#endif
 
 void FL_PASTE(fl_mm_q_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes, int64_t nb32,
                                    const fl_q8 *a, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
     const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
+    (void)nblk;
     switch (type) {
         FL_MM_CASE(FL_Q4_0) FL_MM_CASE(FL_Q4_1) FL_MM_CASE(FL_Q5_0) FL_MM_CASE(FL_Q5_1)
         FL_MM_CASE(FL_Q8_0) FL_MM_CASE(FL_Q2_K) FL_MM_CASE(FL_Q3_K) FL_MM_CASE(FL_Q4_K)

@@ -111,6 +111,24 @@ int fl_act_kind(int type);
 size_t fl_act_row_bytes(int kind, int64_t n);
 void fl_act_row(int kind, const float *x, int64_t n, void *out);
 
+/* the packed 6-bit scales of Q3_K (signed) and of Q4_K/Q5_K (scales and mins) */
+static inline void fl_q3k_scales(const uint8_t *s, int8_t *out) {
+    for (int i = 0; i < 16; i++) {
+        int lo = i < 8 ? (s[i] & 0xf) : (s[i - 8] >> 4);
+        int hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+        out[i] = (int8_t)((lo | (hi << 4)) - 32);
+    }
+}
+
+static inline void fl_k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0xf) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+}
+
 void fl_dequantize_row(int type, const uint8_t *src, int64_t n, float *dst);
 
 /* shared by core.c and layer.c */
