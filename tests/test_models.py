@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import golden
+from fitllm import kernels
 from fitllm.generate import decode_step, prefill
 from fitllm.gguf import GGUFFile
 from fitllm.kv_cache import ContextFullError
@@ -74,15 +75,29 @@ def test_qwen2_biases_are_used(tmp_path):
     assert not np.allclose(with_bias, prefill(q, q.new_cache(8), toks), atol=1e-4)
 
 
+@pytest.mark.parametrize("isa", range(kernels.isa_supported() + 1), ids=lambda i: kernels.ISA_NAMES[i])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_compiled_block_matches_numpy_reference(arch, tmp_path):
+def test_compiled_block_matches_numpy_reference(arch, isa, tmp_path):
+    kernels.set_isa(isa)
     kw = {"sliding_window_pattern": 2} if arch == "gemma3" else {}
     model = load_model(GGUFFile(write_tiny(tmp_path / f"{arch}.gguf", arch, n_layer=4, **kw)))
     toks = np.random.default_rng(1).integers(3, 64, 10)
     fast = model.forward(toks, model.new_cache(16), all_logits=True)
     ref = model.forward_reference(toks, model.new_cache(16), all_logits=True)
     # the compiled path rounds q and the softmax weights to fp16 as llama.cpp does; numpy does not
+    kernels.set_isa(kernels.isa_supported())
     np.testing.assert_allclose(fast, ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+
+
+def test_compiled_block_checks_sizes(tmp_path):
+    m = load_model(GGUFFile(write_tiny(tmp_path / "l.gguf", "llama")))
+    spec, kv = m.spec(0, m.blk[0]), m.new_cache(4)
+    x = np.zeros((3, m.hp.n_embd), np.float32)
+    with pytest.raises(ValueError, match="buffer too small"):
+        kernels.layer_forward(spec, kv.k[0], kv.v[0], x, 2)  # positions 2..4 in a cache of 4
+    spec.q.nbytes -= 1  # a weight shorter than its shape says
+    with pytest.raises(ValueError, match="buffer too small"):
+        kernels.layer_forward(spec, kv.k[0], kv.v[0], x, 0)
 
 
 def test_gemma3_sliding_window(tmp_path):
