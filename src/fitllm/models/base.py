@@ -109,6 +109,7 @@ class DecoderModel:
         raise NotImplementedError
 
     def spec(self, i: int, blk: SimpleNamespace) -> kernels.LayerSpec:
+        """Block i for the compiled path: the common fields, then the architecture's (layer_spec)."""
         hp = self.hp
         common = dict(
             n_embd=hp.n_embd,
@@ -123,15 +124,18 @@ class DecoderModel:
             q_scale=1.0,
             kq_scale=1.0 / np.sqrt(hp.head_dim),
             attn_softcap=0.0,
-            attn_norm=blk.attn_norm,
-            ffn_norm=blk.ffn_norm,
         )
-        for name in ("q", "k", "v", "output"):
-            lin = getattr(blk, "attn_" + name)
-            common[name[0]] = (lin.weight, lin.bias)
-        for name in ("gate", "up", "down"):
-            lin = getattr(blk, "ffn_" + name)
-            common[name] = (lin.weight, lin.bias)
+        for name in ("attn_norm", "ffn_norm"):
+            if not hasattr(blk, name):
+                raise GGUFError(f"{self.file.path}: required tensor blk.{i}.{name}.weight is missing")
+            common[name] = getattr(blk, name)
+        mats = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}
+        mats.update(gate="ffn_gate", up="ffn_up", down="ffn_down")
+        for key, name in mats.items():
+            lin = getattr(blk, name, None)
+            if lin is None:
+                raise GGUFError(f"{self.file.path}: required tensor blk.{i}.{name}.weight is missing")
+            common[key] = (lin.weight, lin.bias)
         return kernels.layer_spec(**{**common, **self.layer_spec(i, blk)})
 
     def _tokens(self, tokens: np.ndarray, kv: KVCache) -> np.ndarray:
