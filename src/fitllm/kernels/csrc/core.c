@@ -67,13 +67,12 @@ typedef void (*mm_f_fn)(int, const uint8_t *, size_t, int64_t, const float *, in
                         int64_t);
 static const mm_q_fn MM_Q[] = {fl_mm_q_portable, fl_mm_q_avx2, fl_mm_q_vnni};
 static const mm_f_fn MM_F[] = {fl_mm_f_portable, fl_mm_f_avx2, fl_mm_f_vnni};
-static float (*const DOT_F16[])(const uint16_t *, const uint16_t *, int64_t) = {
-    fl_dot_f16_portable, fl_dot_f16_avx2, fl_dot_f16_vnni};
-static void (*const AXPY_F16[])(float *, const uint16_t *, float, int64_t) = {
-    fl_axpy_f16_portable, fl_axpy_f16_avx2, fl_axpy_f16_vnni};
+static const fl_dot_f16_fn DOT_F16[] = {fl_dot_f16_portable, fl_dot_f16_avx2, fl_dot_f16_vnni};
+static const fl_axpy_f16_fn AXPY_F16[] = {fl_axpy_f16_portable, fl_axpy_f16_avx2, fl_axpy_f16_vnni};
 
-float fl_dot_f16(const uint16_t *a, const uint16_t *b, int64_t n) { return DOT_F16[fl_get_isa()](a, b, n); }
-void fl_axpy_f16(float *y, const uint16_t *v, float p, int64_t n) { AXPY_F16[fl_get_isa()](y, v, p, n); }
+/* the attention kernels of the current ISA, fetched once per step rather than per cached key */
+fl_dot_f16_fn fl_dot_f16_kernel(void) { return DOT_F16[fl_get_isa()]; }
+fl_axpy_f16_fn fl_axpy_f16_kernel(void) { return AXPY_F16[fl_get_isa()]; }
 
 /* Rows of activations [ith-th share of T] in the kind a weight type wants. Inside a parallel region. */
 void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth) {

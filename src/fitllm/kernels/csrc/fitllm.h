@@ -138,7 +138,9 @@ void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int 
 void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
                 int64_t T, float *y, int64_t ldy, int ith, int nth);
 void fl_rms_row(const float *x, int64_t n, const float *w, float eps, float *y);
-float fl_dot_f16(const uint16_t *a, const uint16_t *b, int64_t n);
-void fl_axpy_f16(float *y, const uint16_t *v, float p, int64_t n);
+typedef float (*fl_dot_f16_fn)(const uint16_t *a, const uint16_t *b, int64_t n);
+typedef void (*fl_axpy_f16_fn)(float *y, const uint16_t *v, float p, int64_t n);
+fl_dot_f16_fn fl_dot_f16_kernel(void);
+fl_axpy_f16_fn fl_axpy_f16_kernel(void);
 
 #endif

@@ -164,6 +164,8 @@ static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, con
     float *s = w->scr + ith * w->scr_floats, *acc = s + 2 * (pos0 + T) + 8;
     uint16_t *q16 = (uint16_t *)(acc + hd), *p16 = (uint16_t *)(s + (pos0 + T));
     const float scale = (float)L->kq_scale, cap = (float)L->attn_softcap;
+    const fl_dot_f16_fn dot = fl_dot_f16_kernel();
+    const fl_axpy_f16_fn axpy = fl_axpy_f16_kernel();
     for (int64_t k = ith; k < T * H; k += nth) {
         const int64_t t = k / H, h = k % H, g = h / grp, pos = pos0 + t;
         const int64_t lo = L->window > 0 && pos - L->window + 1 > 0 ? pos - L->window + 1 : 0;
@@ -171,7 +173,7 @@ static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, con
         for (int64_t d = 0; d < hd; d++) q16[d] = fl_f2h(q[d]);
         float mx = -INFINITY;
         for (int64_t i = lo; i <= pos; i++) {
-            float v = fl_dot_f16(q16, kc + (i * Hkv + g) * hd, hd) * scale;
+            float v = dot(q16, kc + (i * Hkv + g) * hd, hd) * scale;
             if (cap > 0.f) v = tanhf(v / cap) * cap;
             s[i] = v;
             mx = v > mx ? v : mx;
@@ -184,7 +186,7 @@ static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, con
         const float inv = (float)(1.0 / sum);
         for (int64_t i = lo; i <= pos; i++) p16[i] = fl_f2h(s[i] * inv);
         memset(acc, 0, (size_t)hd * sizeof(float));
-        for (int64_t i = lo; i <= pos; i++) fl_axpy_f16(acc, vc + (i * Hkv + g) * hd, fl_h2f(p16[i]), hd);
+        for (int64_t i = lo; i <= pos; i++) axpy(acc, vc + (i * Hkv + g) * hd, fl_h2f(p16[i]), hd);
         memcpy(w->att + (t * H + h) * hd, acc, (size_t)hd * sizeof(float));
     }
 }
