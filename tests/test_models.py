@@ -54,15 +54,32 @@ def test_teacher_forced_top1(name, models):
     assert (top1 == np.array(g["top1"])).mean() >= MIN_AGREEMENT
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+# baby models: name -> (architecture, write_tiny options)
+BABIES = {
+    "llama": ("llama", {}),
+    "qwen2": ("qwen2", {}),
+    "gemma3": ("gemma3", {"sliding_window_pattern": 2}),
+    "mixtral": ("llama", {"n_expert": 4}),
+    "grok": ("grok", {}),
+}
+
+
+def baby(name, tmp_path, **kw):
+    arch, opts = BABIES[name]
+    return load_model(GGUFFile(write_tiny(tmp_path / f"{name}.gguf", arch, **{**opts, **kw})))
+
+
+@pytest.mark.parametrize("arch", BABIES)
 def test_baby_cache_equals_no_cache(arch, tmp_path):
-    model = load_model(GGUFFile(write_tiny(tmp_path / f"{arch}.gguf", arch)))
+    model = baby(arch, tmp_path)
     toks = np.random.default_rng(0).integers(3, 64, 12)
     full = prefill(model, model.new_cache(32), toks, all_logits=True)
     kv = model.new_cache(32)
     inc = [prefill(model, kv, toks[:5], all_logits=True)]
     inc += [decode_step(model, kv, t)[None] for t in toks[5:]]
-    np.testing.assert_allclose(np.concatenate(inc), full, rtol=1e-3, atol=1e-3)
+    # batches and single tokens take different kernel tiles: float summation order, then fp16
+    # rounding points (GELU table, q, softmax weights) can flip by one ulp
+    np.testing.assert_allclose(np.concatenate(inc), full, rtol=1e-3, atol=1e-3 * np.abs(full).max())
 
 
 def test_qwen2_biases_are_used(tmp_path):
@@ -76,11 +93,10 @@ def test_qwen2_biases_are_used(tmp_path):
 
 
 @pytest.mark.parametrize("isa", range(kernels.isa_supported() + 1), ids=lambda i: kernels.ISA_NAMES[i])
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("arch", BABIES)
 def test_compiled_block_matches_numpy_reference(arch, isa, tmp_path):
     kernels.set_isa(isa)
-    kw = {"sliding_window_pattern": 2} if arch == "gemma3" else {}
-    model = load_model(GGUFFile(write_tiny(tmp_path / f"{arch}.gguf", arch, n_layer=4, **kw)))
+    model = baby(arch, tmp_path, n_layer=4)
     toks = np.random.default_rng(1).integers(3, 64, 10)
     fast = model.forward(toks, model.new_cache(16), all_logits=True)
     ref = model.forward_reference(toks, model.new_cache(16), all_logits=True)

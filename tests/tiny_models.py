@@ -9,8 +9,11 @@ VOCAB = [f"<t{i}>" for i in range(3)] + [chr(c) for c in range(ord("a"), ord("a"
 
 
 def write_tiny(
-    path, arch: str, n_layer=2, d=64, n_head=4, n_kv=2, ff=96, qtype=T.Q8_0, seed=0, **extra
+    path, arch: str, n_layer=2, d=64, n_head=4, n_kv=2, ff=96, qtype=T.Q8_0, seed=0, n_expert=0, n_used=2, **extra
 ) -> str:
+    """A random model; n_expert > 0 gives every layer a router and stacked experts (grok: always)."""
+    if arch == "grok" and not n_expert:
+        n_expert = 4
     rng = np.random.default_rng(seed)
     hd = d // n_head
     w = GGUFWriter(str(path), arch)
@@ -33,11 +36,14 @@ def write_tiny(
     w.add_token_merges([])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    if n_expert:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_used)
     for k, v in extra.items():
         getattr(w, f"add_{k}")(v)
 
-    def mat(name, rows, cols, t=qtype):
-        x = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    def mat(name, rows, cols, t=qtype, n=0):
+        x = (rng.standard_normal((n, rows, cols) if n else (rows, cols)) / np.sqrt(cols)).astype(np.float32)
         w.add_tensor(name, quants.quantize(x, t) if t != T.F32 else x, raw_dtype=t)
 
     def vec(name, n, mean=1.0):
@@ -53,9 +59,18 @@ def write_tiny(
         mat(b + "attn_k.weight", n_kv * hd, d)
         mat(b + "attn_v.weight", n_kv * hd, d)
         mat(b + "attn_output.weight", d, n_head * hd)
-        mat(b + "ffn_gate.weight", ff, d)
-        mat(b + "ffn_up.weight", ff, d)
-        mat(b + "ffn_down.weight", d, ff)
+        if n_expert:
+            mat(b + "ffn_gate_inp.weight", n_expert, d, T.F32)
+            mat(b + "ffn_gate_exps.weight", ff, d, n=n_expert)
+            mat(b + "ffn_up_exps.weight", ff, d, n=n_expert)
+            mat(b + "ffn_down_exps.weight", d, ff, n=n_expert)
+        else:
+            mat(b + "ffn_gate.weight", ff, d)
+            mat(b + "ffn_up.weight", ff, d)
+            mat(b + "ffn_down.weight", d, ff)
+        if arch == "grok":
+            vec(b + "attn_output_norm.weight", d)
+            vec(b + "layer_output_norm.weight", d)
         if arch == "qwen2":
             for n, k in (("attn_q", n_head * hd), ("attn_k", n_kv * hd), ("attn_v", n_kv * hd)):
                 vec(b + n + ".bias", k, mean=0.0)

@@ -180,6 +180,9 @@ _LAYER_VECS = ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "p
 _LAYER_MATS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
+_LAYER_MOE_INTS = ("n_expert", "n_expert_used", "expert_norm_w")
+
+
 class LayerSpec(ctypes.Structure):
     """Mirror of fl_layer (csrc/layer.c): one transformer block for fl_layer_forward."""
 
@@ -188,6 +191,8 @@ class LayerSpec(ctypes.Structure):
         + [(n, ctypes.c_double) for n in _LAYER_FLOATS]
         + [(n, ctypes.c_void_p) for n in _LAYER_VECS]
         + [(n, Mat) for n in _LAYER_MATS]
+        + [(n, ctypes.c_int64) for n in _LAYER_MOE_INTS]
+        + [("gate_inp", Mat)]
     )
 
 
@@ -199,16 +204,23 @@ def _ptr(a: np.ndarray | None) -> int | None:
 
 
 def layer_spec(**kw) -> LayerSpec:
-    """Build a LayerSpec from ints, floats, f32 vectors (or None) and (weight Tensor, bias) pairs."""
+    """Build a LayerSpec from ints, floats, f32 vectors (or None) and (weight Tensor, bias) pairs.
+    MoE blocks add n_expert, n_expert_used, expert_norm_w and gate_inp; their gate/up/down are the
+    stacked (n_expert, rows, cols) expert tensors."""
     spec = LayerSpec()
     spec.keep = kw  # the arrays must outlive the spec
     for n in _LAYER_INTS + _LAYER_FLOATS:
         setattr(spec, n, kw[n])
+    for n in _LAYER_MOE_INTS:
+        setattr(spec, n, kw.get(n, 0))
     for n in _LAYER_VECS:
         setattr(spec, n, _ptr(kw.get(n)))
-    for n in _LAYER_MATS:
+    for n in _LAYER_MATS + ("gate_inp",):
+        if n not in kw:  # only gate_inp may be absent (dense block)
+            continue
         t, bias = kw[n]
-        rows, cols = t.shape
+        *lead, cols = t.shape
+        rows = int(np.prod(lead))
         setattr(spec, n, Mat(t.data.ctypes.data, t.data.nbytes, t.ggml_type, rows, cols, _ptr(bias)))
     return spec
 

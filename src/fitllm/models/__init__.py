@@ -5,6 +5,7 @@ from __future__ import annotations
 from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.models.base import DecoderModel
 from fitllm.models.gemma3 import Gemma3Model
+from fitllm.models.grok import GrokModel
 from fitllm.models.llama import LlamaModel
 from fitllm.models.qwen2 import Qwen2Model
 
@@ -12,6 +13,7 @@ ARCHITECTURES: dict[str, type[DecoderModel]] = {
     "llama": LlamaModel,
     "qwen2": Qwen2Model,
     "gemma3": Gemma3Model,
+    "grok": GrokModel,
 }
 
 

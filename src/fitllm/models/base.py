@@ -18,6 +18,7 @@ from fitllm import kernels
 from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.kv_cache import KVCache
 from fitllm.models.layers import Linear
+from fitllm.models.moe import Experts, moe_ffn
 
 
 @dataclass
@@ -33,6 +34,8 @@ class HParams:
     norm_eps: float
     rope_base: float
     n_rot: int
+    n_expert: int = 0  # 0: dense FFN
+    n_expert_used: int = 0
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, **extra: Any) -> HParams:
@@ -51,6 +54,8 @@ class HParams:
             norm_eps=f.get(f"{a}.attention.layer_norm_rms_epsilon"),
             rope_base=f.get(f"{a}.rope.freq_base", 10000.0),
             n_rot=f.get(f"{a}.rope.dimension_count", head_dim),
+            n_expert=f.get(f"{a}.expert_count", 0),
+            n_expert_used=f.get(f"{a}.expert_used_count", 0),
         )
         base.update(extra)
         return cls(**{k.name: base[k.name] for k in fields(cls)})
@@ -58,6 +63,7 @@ class HParams:
 
 class DecoderModel:
     hparams_class = HParams
+    moe_norm_w = True  # MoE gates renormalised over the chosen experts (Mixtral)
 
     def __init__(self, f: GGUFFile) -> None:
         f.check_supported()
@@ -91,6 +97,8 @@ class DecoderModel:
                     lin.bias = vec
             else:
                 setattr(owner, attr, vec)
+        elif len(t.shape) == 3:  # stacked experts
+            setattr(owner, attr, Experts(t))
         else:
             lin = Linear(t, getattr(owner, attr + "_bias", None))
             setattr(owner, attr, lin)
@@ -130,13 +138,33 @@ class DecoderModel:
                 raise GGUFError(f"{self.file.path}: required tensor blk.{i}.{name}.weight is missing")
             common[name] = getattr(blk, name)
         mats = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}
-        mats.update(gate="ffn_gate", up="ffn_up", down="ffn_down")
+        if self.is_moe(blk):
+            mats.update(gate="ffn_gate_exps", up="ffn_up_exps", down="ffn_down_exps", gate_inp="ffn_gate_inp")
+            common.update(n_expert=hp.n_expert, n_expert_used=hp.n_expert_used, expert_norm_w=int(self.moe_norm_w))
+            common["n_ff"] = getattr(blk, "ffn_gate_exps").n_out if hasattr(blk, "ffn_gate_exps") else 0
+        else:
+            mats.update(gate="ffn_gate", up="ffn_up", down="ffn_down")
         for key, name in mats.items():
             lin = getattr(blk, name, None)
             if lin is None:
                 raise GGUFError(f"{self.file.path}: required tensor blk.{i}.{name}.weight is missing")
-            common[key] = (lin.weight, lin.bias)
-        return kernels.layer_spec(**{**common, **self.layer_spec(i, blk)})
+            common[key] = (lin.weight, getattr(lin, "bias", None))
+        try:
+            own = self.layer_spec(i, blk)
+        except AttributeError as e:  # a tensor the architecture needs is not in the file
+            raise GGUFError(f"{self.file.path}: block {i} lacks a tensor: {e}") from None
+        return kernels.layer_spec(**{**common, **own})
+
+    def is_moe(self, blk: SimpleNamespace) -> bool:
+        return self.hp.n_expert > 0 and hasattr(blk, "ffn_gate_inp")
+
+    def ffn_moe(self, blk: SimpleNamespace, h: np.ndarray, act) -> np.ndarray:
+        """The numpy MoE feed-forward of a block (models/moe.py)."""
+        hp = self.hp
+        return moe_ffn(
+            h, blk.ffn_gate_inp, blk.ffn_gate_exps, blk.ffn_up_exps, blk.ffn_down_exps,
+            hp.n_expert_used, self.moe_norm_w, act,
+        )
 
     def _tokens(self, tokens: np.ndarray, kv: KVCache) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)

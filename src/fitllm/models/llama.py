@@ -1,4 +1,5 @@
-"""Llama family (Llama 2/3, Mistral, SmolLM2): GQA, RoPE, SwiGLU, tied or untied output."""
+"""Llama family (Llama 2/3, Mistral, Mixtral, SmolLM2): GQA, RoPE, SwiGLU or a mixture of SwiGLU
+experts, tied or untied output."""
 
 from __future__ import annotations
 
@@ -32,4 +33,6 @@ class LlamaModel(DecoderModel):
         eps = self.hp.norm_eps
         x = x + self.attn(i, blk, rms_norm(x, blk.attn_norm, eps), pos, kv)
         h = rms_norm(x, blk.ffn_norm, eps)
+        if self.is_moe(blk):  # Mixtral layout
+            return x + self.ffn_moe(blk, h, silu)
         return x + blk.ffn_down(silu(blk.ffn_gate(h)) * blk.ffn_up(h))

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 #include "fitllm.h"
 
 typedef struct {
@@ -21,7 +22,9 @@ typedef struct {
     int64_t n_embd, n_head, n_head_kv, head_dim, n_ff, n_rot, window, rope_neox, act_gelu;
     double eps, rope_base, q_scale, kq_scale, attn_softcap;
     const float *attn_norm, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm; /* optional: NULL */
-    fl_mat q, k, v, o, gate, up, down;
+    fl_mat q, k, v, o, gate, up, down; /* MoE: gate/up/down hold every expert, stacked by rows */
+    int64_t n_expert, n_expert_used, expert_norm_w; /* n_expert 0: a dense FFN */
+    fl_mat gate_inp;                                /* the router, (n_expert, n_embd) */
 } fl_layer;
 
 static uint16_t GELU_F16[65536];
@@ -51,23 +54,28 @@ static int64_t maxi(int64_t a, int64_t b) { return a > b ? a : b; }
 
 typedef struct {
     float *h, *q, *k, *v, *att, *tmp, *gate, *up, *rope, *scr;
+    float *ex, *ey, *logits, *wts; /* MoE: an expert's tokens in and out, router logits, gates */
+    int32_t *sel, *cnt;            /* MoE: token ids per expert (n_expert x T), their count */
     uint8_t *act[3];
     size_t scr_floats;
 } work_t;
 
 /* Carve the work buffer; returns the bytes needed (and fills w when buf is given). */
 static size_t work_layout(const fl_layer *L, int64_t T, int64_t n_ctx, int nthreads, uint8_t *buf, work_t *w) {
-    const int64_t nq = L->n_head * L->head_dim, nkv = L->n_head_kv * L->head_dim;
-    const int64_t widest = maxi(maxi(L->n_embd, nq), L->n_ff);
+    const int64_t nq = L->n_head * L->head_dim, nkv = L->n_head_kv * L->head_dim, E = L->n_embd;
+    const int64_t widest = maxi(maxi(E, nq), L->n_ff), ne = L->n_expert, moe = ne > 0;
     const size_t scr = (size_t)(2 * n_ctx + 2 * L->head_dim + 16);
-    size_t sizes[13] = {T * L->n_embd, T * nq, T * nkv, T * nkv, T * nq, T * L->n_embd, T * L->n_ff, T * L->n_ff,
-                        T * L->n_rot, scr * nthreads, T * widest, T * widest, T * widest};
-    float **slots[10] = {&w->h, &w->q, &w->k, &w->v, &w->att, &w->tmp, &w->gate, &w->up, &w->rope, &w->scr};
+    enum { NSLOT = 19 };
+    size_t sizes[NSLOT] = {T * E, T * nq, T * nkv, T * nkv, T * nq, T * E, T * L->n_ff, T * L->n_ff, T * L->n_rot,
+                           scr * nthreads, moe * T * E, moe * T * E, T * ne, T * ne, T * ne, ne,
+                           T * widest, T * widest, T * widest};
+    float **slots[NSLOT - 3] = {&w->h, &w->q, &w->k, &w->v, &w->att, &w->tmp, &w->gate, &w->up, &w->rope, &w->scr,
+                                &w->ex, &w->ey, &w->logits, &w->wts, (float **)&w->sel, (float **)&w->cnt};
     size_t off = 0;
-    for (int i = 0; i < 13; i++) {
+    for (int i = 0; i < NSLOT; i++) {
         if (buf) {
-            if (i < 10) *slots[i] = (float *)(buf + off);
-            else w->act[i - 10] = buf + off;
+            if (i < NSLOT - 3) *slots[i] = (float *)(buf + off);
+            else w->act[i - (NSLOT - 3)] = buf + off;
         }
         off += ALIGN64(sizes[i] * sizeof(float));
     }
@@ -87,7 +95,11 @@ static int layer_check(const fl_layer *L, int64_t T, int64_t pos0, int64_t n_ctx
     if (L->n_rot < 0 || L->n_rot > hd || L->n_rot % 2 || !L->attn_norm || !L->ffn_norm) return FL_ESIZE;
     if (!mat_ok(&L->q, nq, E) || !mat_ok(&L->k, nkv, E) || !mat_ok(&L->v, nkv, E) || !mat_ok(&L->o, E, nq))
         return FL_ESIZE;
-    if (!mat_ok(&L->gate, L->n_ff, E) || !mat_ok(&L->up, L->n_ff, E) || !mat_ok(&L->down, E, L->n_ff))
+    const int64_t ne = L->n_expert ? L->n_expert : 1;
+    if (L->n_expert < 0 || (L->n_expert && (L->n_expert_used < 1 || L->n_expert_used > L->n_expert)))
+        return FL_ESIZE;
+    if (L->n_expert && !mat_ok(&L->gate_inp, L->n_expert, E)) return FL_ESIZE;
+    if (!mat_ok(&L->gate, ne * L->n_ff, E) || !mat_ok(&L->up, ne * L->n_ff, E) || !mat_ok(&L->down, ne * E, L->n_ff))
         return FL_ESIZE;
     return FL_OK;
 }
@@ -163,7 +175,7 @@ static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, con
     const int64_t hd = L->head_dim, H = L->n_head, Hkv = L->n_head_kv, grp = H / Hkv;
     float *s = w->scr + ith * w->scr_floats, *acc = s + 2 * (pos0 + T) + 8;
     uint16_t *q16 = (uint16_t *)(acc + hd), *p16 = (uint16_t *)(s + (pos0 + T));
-    const float scale = (float)L->kq_scale, cap = (float)L->attn_softcap;
+    const float scale = (float)L->kq_scale, cap = (float)L->attn_softcap, capscale = cap > 0.f ? scale / cap : 0.f;
     const fl_dot_f16_fn dot = fl_dot_f16_kernel();
     const fl_axpy_f16_fn axpy = fl_axpy_f16_kernel();
     for (int64_t k = ith; k < T * H; k += nth) {
@@ -173,8 +185,8 @@ static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, con
         for (int64_t d = 0; d < hd; d++) q16[d] = fl_f2h(q[d]);
         float mx = -INFINITY;
         for (int64_t i = lo; i <= pos; i++) {
-            float v = dot(q16, kc + (i * Hkv + g) * hd, hd) * scale;
-            if (cap > 0.f) v = tanhf(v / cap) * cap;
+            const float qk = dot(q16, kc + (i * Hkv + g) * hd, hd);
+            const float v = cap > 0.f ? tanhf(qk * capscale) * cap : qk * scale; /* llama.cpp's grok order */
             s[i] = v;
             mx = v > mx ? v : mx;
         }
@@ -231,13 +243,15 @@ static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, i
     residual(L, x, w->tmp, w->tmp, L->post_attn_norm, L->ffn_norm, w->h, T, ith, nth);
 }
 
-static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int ith, int nth) {
+/* y (T, n_embd) = down(act(gate(h)) * up(h)) for the matrices given (one expert's, or the dense ones) */
+static void ffn(const fl_layer *L, const fl_mat *gate, const fl_mat *up, const fl_mat *down, work_t *w,
+                const float *h, int64_t T, float *y, int ith, int nth) {
     const void *acts[3];
-    const fl_mat *gu[2] = {&L->gate, &L->up};
-    prepare(gu, 2, w->h, T, L->n_embd, w, acts, ith, nth);
+    const fl_mat *gu[2] = {gate, up};
+    prepare(gu, 2, h, T, L->n_embd, w, acts, ith, nth);
 #pragma omp barrier
-    mm(&L->gate, acts[0], T, w->gate, ith, nth);
-    mm(&L->up, acts[1], T, w->up, ith, nth);
+    mm(gate, acts[0], T, w->gate, ith, nth);
+    mm(up, acts[1], T, w->up, ith, nth);
 #pragma omp barrier
     const int64_t n = T * L->n_ff, per = (n + nth - 1) / nth, a = ith * per, b = a + per < n ? a + per : n;
     for (int64_t j = a; j < b; j++) {
@@ -245,11 +259,88 @@ static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int ith
         w->gate[j] = (L->act_gelu ? gelu(g) : g / (1.0f + expf(-g))) * w->up[j];
     }
 #pragma omp barrier
-    const fl_mat *dn[1] = {&L->down};
+    const fl_mat *dn[1] = {down};
     prepare(dn, 1, w->gate, T, L->n_ff, w, acts, ith, nth);
 #pragma omp barrier
-    mm(&L->down, acts[0], T, w->tmp, ith, nth);
+    mm(down, acts[0], T, y, ith, nth);
 #pragma omp barrier
+}
+
+/* Rows [e * n, (e + 1) * n) of a stacked expert matrix */
+static fl_mat expert_rows(const fl_mat *m, int64_t e, int64_t n) {
+    fl_mat r = *m;
+    const size_t rb = fl_row_bytes((int)m->type, m->ncols);
+    r.data = (const uint8_t *)m->data + (size_t)e * n * rb;
+    r.nrows = n;
+    r.nbytes = (int64_t)(n * rb);
+    r.bias = NULL;
+    return r;
+}
+
+/* Per token: softmax over the router logits (sum in double, as ggml), the top n_expert_used
+ * experts, their gates (renormalised to sum 1 when expert_norm_w); then the token lists per expert. */
+static void route(const fl_layer *L, work_t *w, int64_t T) {
+    const int64_t ne = L->n_expert, k = L->n_expert_used;
+    for (int64_t e = 0; e < ne; e++) w->cnt[e] = 0;
+    for (int64_t t = 0; t < T; t++) {
+        float *p = w->logits + t * ne, mx = -INFINITY;
+        for (int64_t e = 0; e < ne; e++) mx = p[e] > mx ? p[e] : mx;
+        double sum = 0.0;
+        for (int64_t e = 0; e < ne; e++) sum += (double)(p[e] = expf(p[e] - mx));
+        const float inv = (float)(1.0 / sum);
+        for (int64_t e = 0; e < ne; e++) p[e] *= inv;
+        float *g = w->wts + t * ne, gsum = 0.f;
+        for (int64_t e = 0; e < ne; e++) g[e] = 0.f;
+        for (int64_t j = 0; j < k; j++) { /* j-th largest; ties to the lower index */
+            int64_t best = -1;
+            for (int64_t e = 0; e < ne; e++)
+                if (p[e] >= 0.f && (best < 0 || p[e] > p[best])) best = e;
+            g[best] = p[best];
+            gsum += p[best];
+            p[best] = -1.f; /* taken */
+            w->sel[best * T + w->cnt[best]++] = (int32_t)t;
+        }
+        if (L->expert_norm_w) {
+            gsum = gsum > 6.103515625e-5f ? gsum : 6.103515625e-5f;
+            for (int64_t e = 0; e < ne; e++) g[e] /= gsum;
+        }
+    }
+}
+
+/* Mixture of experts: each expert runs once on the tokens routed to it (its weights are read once
+ * per batch); y = sum of gate * expert output per token. */
+static void moe(const fl_layer *L, work_t *w, int64_t T, float *y, int ith, int nth) {
+    const int64_t E = L->n_embd, ne = L->n_expert;
+    const void *acts[1];
+    const fl_mat *r[1] = {&L->gate_inp};
+    prepare(r, 1, w->h, T, E, w, acts, ith, nth);
+#pragma omp barrier
+    mm(&L->gate_inp, acts[0], T, w->logits, ith, nth);
+#pragma omp barrier
+    if (ith == 0) route(L, w, T);
+    for (int64_t j = ith * E; j < T * E; j += nth * E) memset(y + j, 0, (size_t)E * sizeof(float));
+#pragma omp barrier
+    for (int64_t e = 0; e < ne; e++) {
+        const int64_t n = w->cnt[e];
+        if (n == 0) continue;
+        const int32_t *tok = w->sel + e * T;
+        for (int64_t i = ith; i < n; i += nth) memcpy(w->ex + i * E, w->h + tok[i] * E, (size_t)E * sizeof(float));
+        const fl_mat g = expert_rows(&L->gate, e, L->n_ff), u = expert_rows(&L->up, e, L->n_ff);
+        const fl_mat d = expert_rows(&L->down, e, E);
+#pragma omp barrier
+        ffn(L, &g, &u, &d, w, w->ex, n, w->ey, ith, nth);
+        for (int64_t i = ith; i < n; i += nth) { /* a token appears once per expert: rows are disjoint */
+            const float gate = w->wts[tok[i] * ne + e];
+            float *yt = y + tok[i] * E;
+            for (int64_t j = 0; j < E; j++) yt[j] += w->ey[i * E + j] * gate;
+        }
+#pragma omp barrier
+    }
+}
+
+static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int ith, int nth) {
+    if (L->n_expert) moe(L, w, T, w->tmp, ith, nth);
+    else ffn(L, &L->gate, &L->up, &L->down, w, w->h, T, w->tmp, ith, nth);
     residual(L, x, w->tmp, w->tmp, L->post_ffn_norm, NULL, NULL, T, ith, nth);
 }
 
