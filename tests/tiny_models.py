@@ -9,7 +9,18 @@ VOCAB = [f"<t{i}>" for i in range(3)] + [chr(c) for c in range(ord("a"), ord("a"
 
 
 def write_tiny(
-    path, arch: str, n_layer=2, d=64, n_head=4, n_kv=2, ff=96, qtype=T.Q8_0, seed=0, n_expert=0, n_used=2, **extra
+    path,
+    arch: str,
+    n_layer=2,
+    d=64,
+    n_head=4,
+    n_kv=2,
+    ff=96,
+    qtype=T.Q8_0,
+    seed=0,
+    n_expert=0,
+    n_used=2,
+    **extra,
 ) -> str:
     """A random model; n_expert > 0 gives every layer a router and stacked experts (grok: always)."""
     if arch == "grok" and not n_expert:

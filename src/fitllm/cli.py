@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from fitllm.convert.grok1_checkpoint import CheckpointError
 from fitllm.gguf import GGUFError
 from fitllm.kv_cache import ContextFullError
 
@@ -62,6 +63,12 @@ def _bench(a: argparse.Namespace) -> None:
     )
 
 
+def _convert(a: argparse.Namespace) -> None:
+    from fitllm.convert.grok1 import convert_grok1
+
+    convert_grok1(a.checkpoint, a.outfile, a.type, a.tokenizer, a.config, progress=not a.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fitllm", description="Run GGUF language models on the CPU.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -99,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-r", "--rounds", type=int, default=3)
     b.add_argument("--vs-llamacpp", action="store_true")
     b.set_defaults(func=_bench)
+
+    from fitllm.convert.grok1 import OUT_TYPES
+
+    c = sub.add_parser("convert", help="convert xAI's Grok-1 release checkpoint (ckpt-0/) to GGUF")
+    c.add_argument("checkpoint", help="the folder holding ckpt-0/, or ckpt-0/ itself")
+    c.add_argument("-o", "--outfile", required=True)
+    c.add_argument("--type", default="q8_0", choices=list(OUT_TYPES))
+    c.add_argument("--tokenizer", help="tokenizer.model (SentencePiece) to embed")
+    c.add_argument("--config", help="JSON object with run.py's fields (default: Grok-1's config)")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_convert)
     return p
 
 
@@ -107,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="fitllm: %(message)s")
     try:
         a.func(a)
-    except (GGUFError, ContextFullError, ValueError, FileNotFoundError) as e:
+    except (GGUFError, CheckpointError, ContextFullError, ValueError, FileNotFoundError) as e:
         print(f"fitllm: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -140,7 +140,9 @@ class DecoderModel:
         mats = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}
         if self.is_moe(blk):
             mats.update(gate="ffn_gate_exps", up="ffn_up_exps", down="ffn_down_exps", gate_inp="ffn_gate_inp")
-            common.update(n_expert=hp.n_expert, n_expert_used=hp.n_expert_used, expert_norm_w=int(self.moe_norm_w))
+            common.update(
+                n_expert=hp.n_expert, n_expert_used=hp.n_expert_used, expert_norm_w=int(self.moe_norm_w)
+            )
             common["n_ff"] = getattr(blk, "ffn_gate_exps").n_out if hasattr(blk, "ffn_gate_exps") else 0
         else:
             mats.update(gate="ffn_gate", up="ffn_up", down="ffn_down")
@@ -162,8 +164,14 @@ class DecoderModel:
         """The numpy MoE feed-forward of a block (models/moe.py)."""
         hp = self.hp
         return moe_ffn(
-            h, blk.ffn_gate_inp, blk.ffn_gate_exps, blk.ffn_up_exps, blk.ffn_down_exps,
-            hp.n_expert_used, self.moe_norm_w, act,
+            h,
+            blk.ffn_gate_inp,
+            blk.ffn_gate_exps,
+            blk.ffn_up_exps,
+            blk.ffn_down_exps,
+            hp.n_expert_used,
+            self.moe_norm_w,
+            act,
         )
 
     def _tokens(self, tokens: np.ndarray, kv: KVCache) -> np.ndarray:

@@ -1,0 +1,171 @@
+"""Grok-1 release checkpoint -> GGUF (llama.cpp's `grok` architecture), streaming.
+
+One checkpoint file is unpickled at a time; weights are dequantized and requantized in slices of
+rows (of one expert for the stacked experts) and appended to the output as they are made, so the
+314B model converts in a few GB of RAM. Output goes to OUT.part, renamed to OUT at the end."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as Q
+from tqdm import tqdm
+
+from fitllm.convert.grok1_checkpoint import (
+    Grok1Config,
+    Leaf,
+    dequantize_rows,
+    find_files,
+    leaves,
+    read_tensors,
+    round_bf16,
+)
+from fitllm.gguf.writer import GGUFStreamWriter
+from fitllm.quant.quantize import CHUNK_ELEMENTS, quantize
+
+log = logging.getLogger(__name__)
+
+OUT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q5_0": Q.Q5_0, "q5_1": Q.Q5_1,
+             "q4_0": Q.Q4_0, "q4_1": Q.Q4_1, "q4_k": Q.Q4_K}  # fmt: skip
+_LOW_BIT = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K}
+
+
+def tensor_type(leaf: Leaf, out: Q) -> Q:
+    """The GGUF type of a leaf: norms and the router stay f32 (as llama.cpp keeps them); the tied
+    embedding, which is also the output matrix, gets 8 bits when the rest gets fewer; rows that are
+    not whole blocks of the chosen type fall back to Q8_0, then F16."""
+    if leaf.kind in ("norm", "router"):
+        return Q.F32
+    t = Q.Q8_0 if leaf.kind == "embedding" and out in _LOW_BIT else out
+    n_in = leaf.shape[-1] if leaf.kind == "embedding" else leaf.shape[-2]
+    for cand in (t, Q.Q8_0, Q.F16):
+        if n_in % GGML_QUANT_SIZES[cand][0] == 0:
+            return cand
+    return Q.F16
+
+
+def gguf_shape(leaf: Leaf) -> tuple[int, ...]:
+    """numpy-order GGUF shape: weights become (out, in), the checkpoint's transpose."""
+    s = leaf.shape
+    if leaf.kind in ("linear", "router"):
+        return (s[1], s[0])
+    if leaf.kind == "experts":
+        return (s[0], s[2], s[1])
+    return s
+
+
+def add_metadata(w: GGUFStreamWriter, cfg: Grok1Config, name: str) -> None:
+    m = w.meta
+    m.add_name(name)
+    m.add_context_length(cfg.sequence_len)
+    m.add_embedding_length(cfg.emb_size)
+    m.add_block_count(cfg.num_layers)
+    m.add_feed_forward_length(cfg.ffn_size)
+    m.add_expert_feed_forward_length(cfg.ffn_size)
+    m.add_head_count(cfg.num_q_heads)
+    m.add_head_count_kv(cfg.num_kv_heads)
+    m.add_key_length(cfg.key_size)
+    m.add_value_length(cfg.key_size)
+    m.add_rope_dimension_count(cfg.key_size)
+    m.add_rope_freq_base(cfg.rope_base)
+    m.add_layer_norm_rms_eps(cfg.norm_eps)
+    m.add_expert_count(cfg.num_experts)
+    m.add_expert_used_count(cfg.num_selected_experts)
+    m.add_embedding_scale(cfg.embedding_multiplier_scale)
+    m.add_attn_output_scale(cfg.attn_output_multiplier)
+    m.add_logit_scale(cfg.output_multiplier_scale)
+    m.add_attn_logit_softcapping(30.0)  # model.py max_attn_val
+
+
+def add_tokenizer(w: GGUFStreamWriter, path: Path, vocab_size: int) -> None:
+    """The SentencePiece model as llama.cpp's converter embeds it ("llama" tokenizer); no BOS is
+    added to prompts, as the reference encodes them."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    n = sp.get_piece_size()
+    if n != vocab_size:
+        raise ValueError(f"{path}: {n} pieces, but the model's vocab_size is {vocab_size}")
+    types = [
+        3
+        if sp.is_control(i)
+        else 2
+        if sp.is_unknown(i)
+        else 5
+        if sp.is_unused(i)
+        else 6
+        if sp.is_byte(i)
+        else 1
+        for i in range(n)
+    ]
+    m = w.meta
+    m.add_tokenizer_model("llama")
+    m.add_tokenizer_pre("default")
+    m.add_token_list([sp.id_to_piece(i) for i in range(n)])
+    m.add_token_scores([sp.get_score(i) for i in range(n)])
+    m.add_token_types(types)
+    m.add_pad_token_id(sp.pad_id() if sp.pad_id() >= 0 else 0)
+    m.add_bos_token_id(sp.bos_id())
+    m.add_eos_token_id(sp.eos_id())
+    m.add_unk_token_id(sp.unk_id())
+    m.add_add_bos_token(False)
+    m.add_add_space_prefix(True)
+
+
+def _row_slices(n_rows: int, n_in: int):
+    step = max(1, CHUNK_ELEMENTS // n_in)
+    return ((r, min(r + step, n_rows)) for r in range(0, n_rows, step))
+
+
+def write_leaf(w: GGUFStreamWriter, leaf: Leaf, obj, t: Q) -> None:
+    name = leaf.gguf_name + ".weight"
+    if leaf.kind == "norm":
+        w.write(name, obj)
+    elif leaf.kind == "router":
+        w.write(name, np.ascontiguousarray(obj.T))
+    elif leaf.kind == "embedding":  # the reference casts the table to bf16 before any use
+        for r0, r1 in _row_slices(obj.shape[0], obj.shape[1]):
+            w.write(name, quantize(round_bf16(obj[r0:r1]), t))
+    else:
+        ws, ss = (obj.weight, obj.scales) if leaf.kind == "experts" else (obj.weight[None], obj.scales[None])
+        for e in range(ws.shape[0]):  # one expert at a time
+            for r0, r1 in _row_slices(ws.shape[2], ws.shape[1]):
+                w.write(name, quantize(dequantize_rows(ws[e], ss[e], r0, r1), t))
+
+
+def convert_grok1(
+    ckpt: str | Path,
+    out: str | Path,
+    out_type: str = "q8_0",
+    tokenizer: str | Path | None = None,
+    config: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Convert the checkpoint at ckpt (folder holding ckpt-0/, or ckpt-0/ itself) to a GGUF at out."""
+    if out_type not in OUT_TYPES:
+        raise ValueError(f"unknown --type {out_type!r} (choose from {', '.join(OUT_TYPES)})")
+    cfg = Grok1Config.from_json(config) if config else Grok1Config()
+    files = find_files(ckpt, cfg)
+    plan = [(leaf, tensor_type(leaf, OUT_TYPES[out_type])) for leaf in leaves(cfg)]
+    out = Path(out)
+    total = sum(f.stat().st_size for f in files)
+    with GGUFStreamWriter(out, "grok") as w:
+        add_metadata(w, cfg, "Grok-1" if cfg == Grok1Config() else "Grok-1-shaped")
+        if tokenizer:
+            add_tokenizer(w, Path(tokenizer), cfg.vocab_size)
+        for leaf, t in plan:
+            w.declare(leaf.gguf_name + ".weight", gguf_shape(leaf), t)
+        w.begin()
+        bar = tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"convert -> {out.name}", disable=not progress
+        )
+        with bar:
+            for (leaf, obj), (_, t), f in zip(read_tensors(files, cfg), plan, files):
+                write_leaf(w, leaf, obj, t)
+                del obj
+                bar.update(f.stat().st_size)
+    log.info("wrote %s (%d tensors, %s)", out, len(plan), out_type)
+    return out
