@@ -19,7 +19,7 @@ import numpy as np
 TINY = dict(
     vocab_size=512, emb_size=256, key_size=32, num_q_heads=8, num_kv_heads=2, num_layers=3,
     num_experts=8, num_selected_experts=2, widening_factor=3, sequence_len=512,
-    embedding_multiplier_scale=16.0, attn_output_multiplier=0.17677669529663687, output_multiplier_scale=0.5,
+    embedding_multiplier_scale=0.25, attn_output_multiplier=0.17677669529663687, output_multiplier_scale=0.5,
 )  # fmt: skip
 
 
@@ -67,6 +67,13 @@ def make_params(c: dict, seed: int = 0) -> dict[str, object]:
     def lin(n_in, n_out, groups=1, lead=()):
         return _quantize(rng.standard_normal((*lead, n_in, n_out)).astype(np.float32) / np.sqrt(n_in), groups)
 
+    def experts(n_in, n_out, groups=1):
+        # experts share most of their weights, as upcycled and trained MoEs do: a token whose
+        # routing is a near tie (decided by rounding) then changes little
+        base = rng.standard_normal((1, n_in, n_out)).astype(np.float32)
+        own = rng.standard_normal((E, n_in, n_out)).astype(np.float32)
+        return _quantize((base + 0.3 * own) / np.sqrt(n_in), groups)
+
     def norm():
         return (1 + 0.2 * rng.standard_normal(D)).astype(np.float32)
 
@@ -83,9 +90,9 @@ def make_params(c: dict, seed: int = 0) -> dict[str, object]:
         p[b + "multi_head_attention/value/w"] = lin(D, KV * K)
         p[b + "multi_head_attention/linear/w"] = lin(H * K, D, groups=8)
         p[b + "router/w"] = (rng.standard_normal((D, E)) / np.sqrt(D)).astype(np.float32)
-        p[b + "moe/linear/w"] = lin(D, F, lead=(E,))
-        p[b + "moe/linear_v/w"] = lin(D, F, lead=(E,))
-        p[b + "moe/linear_1/w"] = lin(F, D, groups=8, lead=(E,))
+        p[b + "moe/linear/w"] = experts(D, F)
+        p[b + "moe/linear_v/w"] = experts(D, F)
+        p[b + "moe/linear_1/w"] = experts(F, D, groups=8)
         for n in ("rms_norm", "rms_norm_1", "rms_norm_2", "rms_norm_3"):
             p[b + n + "/scale"] = norm()
     return p
@@ -124,8 +131,10 @@ def _rope(x, pos):  # (T, heads, K), half-split pairs (d, d + K/2)
     return x * np.cos(ph) + rot * np.sin(ph)
 
 
-def oracle_logits(params: dict[str, object], c: dict, tokens: np.ndarray) -> np.ndarray:
-    """model.py's forward pass in float64 on the dequantized weights: logits (T, vocab)."""
+def oracle_logits(params: dict[str, object], c: dict, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """model.py's forward pass in float64 on the dequantized weights: logits (T, vocab), and per
+    token the smallest relative gap between the k-th and (k+1)-th router probabilities over the
+    layers (a near tie is decided by rounding)."""
     W = {
         k: dequantized(v) if isinstance(v, QuantizedWeight8bit) else np.float64(v) for k, v in params.items()
     }
@@ -134,6 +143,7 @@ def oracle_logits(params: dict[str, object], c: dict, tokens: np.ndarray) -> np.
     emb = bf16(W["language_model/in_out_embed/embeddings"])
     x = emb[tokens] * c["embedding_multiplier_scale"]
     pos = np.arange(T, dtype=np.float64)
+    gap = np.ones(T)
     for i in range(c["num_layers"]):
         g = lambda n: W[f"transformer/decoder_layer_{i}/{n}"]  # noqa: E731
         a = _rms(x, g("rms_norm/scale"))
@@ -152,10 +162,30 @@ def oracle_logits(params: dict[str, object], c: dict, tokens: np.ndarray) -> np.
         lg = m @ g("router/w")
         pr = np.exp(lg - lg.max(-1, keepdims=True))
         pr /= pr.sum(-1, keepdims=True)
+        ps = -np.sort(-pr, axis=-1)
+        gap = np.minimum(gap, (ps[:, k_sel - 1] - ps[:, k_sel]) / ps[:, k_sel - 1])
         y = np.zeros_like(m)
         for t in range(T):
             for e in np.argsort(-pr[t])[:k_sel]:  # the raw softmax probabilities, not renormalised
                 h = _gelu(m[t] @ g("moe/linear/w")[e]) * (m[t] @ g("moe/linear_v/w")[e])
                 y[t] += pr[t, e] * (h @ g("moe/linear_1/w")[e])
         x = x + _rms(y, g("rms_norm_3/scale"))
-    return _rms(x, W["language_model/rms_norm/scale"]) @ emb.T * c["output_multiplier_scale"]
+    return _rms(x, W["language_model/rms_norm/scale"]) @ emb.T * c["output_multiplier_scale"], gap
+
+
+# the real tokenizer's vocabulary, so that llama.cpp can load the converted file
+TINY_VOCAB = {**TINY, "vocab_size": 131072}
+TOKENIZER = Path(__file__).parent / "data" / "grok1_tokenizer.model"
+GOLDEN_TOKENS = [int(t) for t in np.random.default_rng(11).integers(4, 131072, 200)]
+
+
+def write_vocab_model(root: Path, out_type: str = "f32") -> Path:
+    """TINY_VOCAB as a checkpoint, converted with the Grok-1 tokenizer embedded."""
+    import json
+
+    from fitllm.convert.grok1 import convert_grok1
+
+    write_checkpoint(root / "ckpt", make_params(TINY_VOCAB))
+    (root / "config.json").write_text(json.dumps(TINY_VOCAB))
+    out = root / f"tiny-vocab.{out_type}.gguf"
+    return convert_grok1(root / "ckpt", out, out_type, TOKENIZER, root / "config.json", progress=False)

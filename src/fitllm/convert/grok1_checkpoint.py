@@ -152,7 +152,8 @@ def find_files(ckpt: str | Path, cfg: Grok1Config) -> list[Path]:
     n = len(leaves(cfg))
     if len(found) > n:
         raise CheckpointError(
-            f"{d}: {len(found)} tensor files, but the config ({cfg.num_layers} layers) has {n}: wrong --config?"
+            f"{d}: {len(found)} tensor files, but the config ({cfg.num_layers} layers) has {n}:"
+            " wrong --config?"
         )
     files = [d / f"tensor{i:05d}_000" for i in range(n)]
     for f in files:
