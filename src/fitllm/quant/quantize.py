@@ -4,8 +4,8 @@ gguf-py's reference quantizers (bit-exact with llama.cpp's *_ref ones) cover F32
 32-element formats; Q4_K, which gguf-py cannot make, follows llama.cpp's quantize_row_q4_K_ref
 (make_qkx2_quants: a weighted least-squares search over 21 candidate scales per 32 values), here
 vectorized over blocks. It is not bit-exact with llama.cpp's build (whose compiler fuses
-multiply-adds inside the search), but its error is within 1 % of it (tests/test_quant.py). Rows are processed in slices so a big tensor never needs more than a few
-hundred MB of temporaries."""
+multiply-adds inside the search), but its error is within 1 % of it (tests/test_quant.py).
+Rows are processed in slices so a big tensor never needs more than a few hundred MB of temporaries."""
 
 from __future__ import annotations
 

@@ -1,0 +1,57 @@
+"""Quantizers (quant/quantize.py) against gguf-py's dequantizers and llama.cpp's error."""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+
+from fitllm.gguf.writer import GGUFStreamWriter
+from fitllm.quant.quantize import quantize
+
+# RMS error of llama.cpp's own Q4_K (ggml_quantize_chunk, llama-cpp-python 0.3.36) on SAMPLE()
+LLAMA_CPP_Q4_K_RMSE = 0.08423652
+
+
+def sample() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 1024)) * rng.uniform(0.1, 2, (64, 1))).astype(np.float32)
+    x[3] = 0
+    x[4, :300] = 1.5
+    return x
+
+
+def test_q4_k_error_is_llama_cpps():
+    x = sample()
+    q = quantize(x, Q.Q4_K)
+    assert q.shape == (64, 1024 // 256 * 144) and q.dtype == np.uint8
+    back = quants.dequantize(q, Q.Q4_K)
+    assert np.sqrt(((back - x) ** 2).mean()) <= 1.01 * LLAMA_CPP_Q4_K_RMSE
+    assert (back[3] == 0).all()  # an all-zero row stays exactly zero
+
+
+@pytest.mark.parametrize("t", [Q.Q8_0, Q.Q4_0, Q.BF16, Q.F16, Q.F32])
+def test_gguf_py_types_in_slices(t, monkeypatch):
+    monkeypatch.setattr("fitllm.quant.quantize.CHUNK_ELEMENTS", 4096)  # many slices
+    x = sample()
+    ref = quants.quantize(x, t) if t not in (Q.F16, Q.F32) else x.astype(np.float16 if t == Q.F16 else np.float32)
+    np.testing.assert_array_equal(quantize(x, t), ref)
+
+
+def test_stream_writer_is_all_or_nothing(tmp_path):
+    out = tmp_path / "m.gguf"
+    with pytest.raises(RuntimeError):
+        with GGUFStreamWriter(out, "llama") as w:
+            w.declare("a.weight", (4, 32), Q.F32)
+            w.begin()
+            w.write("a.weight", np.zeros((2, 32), np.float32))
+            raise RuntimeError("interrupted")
+    assert not list(tmp_path.iterdir())
+    with GGUFStreamWriter(out, "llama") as w:
+        w.declare("a.weight", (4, 32), Q.F32)
+        w.begin()
+        for half in (np.zeros((2, 32), np.float32), np.ones((2, 32), np.float32)):
+            w.write("a.weight", half)  # a tensor in slices
+    from fitllm.gguf import GGUFFile
+
+    t = GGUFFile(out).tensors["a.weight"]
+    assert t.shape == (4, 32) and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
