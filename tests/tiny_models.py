@@ -2,8 +2,8 @@
 architectures nobody ships small)."""
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType, GGUFWriter, quants
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFWriter, quants
 
 VOCAB = [f"<t{i}>" for i in range(3)] + [chr(c) for c in range(ord("a"), ord("a") + 61)]
 
@@ -95,3 +95,43 @@ def write_tiny(
     w.write_tensors_to_file()
     w.close()
     return str(path)
+
+
+def upcycle(src, dst, n_expert=4, n_used=2, noise=0.0, seed=0) -> str:
+    """A Mixtral-layout MoE from a dense llama GGUF: every layer's MLP copied into n_expert experts
+    (stacked ffn_*_exps) with a small random router. noise > 0 scales each block of each expert's
+    gate projection by its own (1 + noise * N(0, 1)) (Q4_0/Q4_1/Q8_0: the fp16 d, and m), so that
+    routing matters."""
+    rng = np.random.default_rng(seed)
+    r = GGUFReader(str(src))
+    w = GGUFWriter(str(dst), r.fields["general.architecture"].contents())
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+    w.add_expert_count(n_expert)
+    w.add_expert_used_count(n_used)
+    for t in r.tensors:
+        parts = t.name.split(".")
+        if len(parts) == 4 and parts[2] in ("ffn_gate", "ffn_up", "ffn_down"):
+            experts = np.stack([np.array(t.data) for _ in range(n_expert)])
+            if noise and parts[2] == "ffn_gate":
+                bsize = GGML_QUANT_SIZES[t.tensor_type][1]
+                blocks = experts.reshape(n_expert, -1, bsize)
+                n_half = 2 if t.tensor_type == T.Q4_1 else 1  # fp16 fields at the block start
+                half = blocks[:, :, : 2 * n_half].copy().view(np.float16).astype(np.float32)
+                half *= 1 + noise * rng.standard_normal(half.shape[:2] + (1,)).astype(np.float32)
+                blocks[:, :, : 2 * n_half] = half.astype(np.float16).view(np.uint8)
+            w.add_tensor(f"blk.{parts[1]}.{parts[2]}_exps.weight", experts, raw_dtype=t.tensor_type)
+            if parts[2] == "ffn_gate":
+                d = int(t.shape[0])
+                router = (0.02 * rng.standard_normal((n_expert, d))).astype(np.float32)
+                w.add_tensor(f"blk.{parts[1]}.ffn_gate_inp.weight", router)
+        else:
+            w.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(dst)

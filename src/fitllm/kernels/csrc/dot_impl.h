@@ -230,12 +230,12 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
     const __m512i gidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     /* s0, s1 of the eight records of a K-quant block (records are 11 floats) */
     const __m512i sidx = _mm512_setr_epi32(1, 2, 12, 13, 23, 24, 34, 35, 45, 46, 56, 57, 67, 68, 78, 79);
-    __m512 acc[2][16];
+    __m512 acc[4][16];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < C; t++) acc[r][t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nblk; i += step) {
-        float sc[2][16], mn[2][16];
-        __m512 swall[2];
+        float sc[4][16], mn[4][16];
+        __m512 swall[4];
         for (int r = 0; r < R; r++) {
             const uint8_t *b = w + r * rb + i * bsz;
             _mm_prefetch((const char *)(b + 2 * R * rb), _MM_HINT_T0);
@@ -251,8 +251,8 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
         }
         for (int c = 0; c < nch; c += 2) {
             const fl_q8 *ab = a + i * nch + c;
-            __m512i u[2];
-            __m512 sw[2], mv[2];
+            __m512i u[4];
+            __m512 sw[4], mv[4];
             for (int r = 0; r < R; r++) {
                 if (mins && nch == 1) mv[r] = lanes_0_8(mn[r][0], mn[r][2]);
                 const uint8_t *b = w + r * rb + i * bsz;
@@ -287,17 +287,19 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
 #endif
 
 #if FL_VNNI
-/* rows [r0, r1) x C tokens: 2-row tiles (the 16 x C accumulators then fill the registers) */
-ALWAYS_INLINE void zrows(const int type, const int C, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a,
-                         int64_t nblk, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+/* rows [r0, r1) x C tokens in R-row tiles, then single rows */
+ALWAYS_INLINE void zrows(const int type, const int R, const int C, const uint8_t *w, size_t rb, int64_t nb32,
+                         const fl_q8 *a, int64_t nblk, int64_t r0, int64_t r1, float *y, int64_t ldy) {
     int64_t r = r0;
-    for (; r + 2 <= r1; r += 2) tile_z(type, 2, C, w + r * rb, rb, a, nb32, nblk, y + r, ldy);
+    for (; r + R <= r1; r += R) tile_z(type, R, C, w + r * rb, rb, a, nb32, nblk, y + r, ldy);
     for (; r < r1; r++) tile_z(type, 1, C, w + r * rb, rb, a, nb32, nblk, y + r, ldy);
 }
 #endif
 
-/* rows [r0, r1) x T_ tokens in tiles: on AVX-512 2 x 16, 8 or 4; else RT x CT; 4 x 1 for what is
- * left (decode) */
+/* rows [r0, r1) x T_ tokens in tiles. AVX-512: 2 x 16, 8 or 4 for batches (the 2 x C accumulators
+ * fill the registers), 4 x 1 for the rest; else RT x CT, then 4 x 1. Within one ISA every
+ * (row, token) dot product is summed in the same order whatever tile it falls in, so a token's
+ * result does not depend on the batch around it (cache = no cache, an MoE expert's tokens = dense). */
 #define RT 2
 #define CT (FL_VNNI ? 4 : 2)
 ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a, int64_t T_,
@@ -306,9 +308,11 @@ ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t
     int64_t t = 0, r;
 #if FL_VNNI
     if (FL_TYPES[type].blck > 32 || nblk % 2 == 0) { /* tile_z takes blocks in pairs */
-        for (; t + 16 <= T_; t += 16) zrows(type, 16, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
-        for (; t + 8 <= T_; t += 8) zrows(type, 8, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
-        for (; t + 4 <= T_; t += 4) zrows(type, 4, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
+        for (; t + 16 <= T_; t += 16) zrows(type, 2, 16, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
+        for (; t + 8 <= T_; t += 8) zrows(type, 2, 8, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
+        for (; t + 4 <= T_; t += 4) zrows(type, 2, 4, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
+        for (; t < T_; t++) zrows(type, 4, 1, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
+        return;
     }
 #endif
     for (; t + CT <= T_; t += CT) {
