@@ -118,14 +118,18 @@ def test_code_in_a_pickle_is_refused_unrun(tiny, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("x.gguf*"))  # nothing half-written is left
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "reshape"])
+@pytest.mark.parametrize("damage", ["truncate", "truncate-big", "delete", "reshape"])
 def test_damaged_checkpoint_names_the_file(tiny, tmp_path, damage):
     root, params = tiny
     ck = write_checkpoint(tmp_path / "ck", params) / "ckpt-0"
-    f = ck / "tensor00005_000"
+    f = ck / "tensor00005_000"  # attention key: small, read whole
     if damage == "truncate":
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
         msg = "tensor00005_000: truncated or corrupt"
+    elif damage == "truncate-big":  # experts (1 MB): left in the file and read in slices
+        f = ck / "tensor00002_000"
+        f.write_bytes(f.read_bytes()[:-100])
+        msg = "tensor00002_000: truncated or corrupt"
     elif damage == "delete":
         f.unlink()
         msg = "tensor00005_000: missing checkpoint file"

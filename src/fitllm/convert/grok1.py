@@ -22,6 +22,7 @@ from fitllm.convert.grok1_checkpoint import (
     leaves,
     read_tensors,
     round_bf16,
+    rows,
 )
 from fitllm.gguf.writer import GGUFStreamWriter
 from fitllm.quant.quantize import CHUNK_ELEMENTS, quantize
@@ -121,19 +122,21 @@ def _row_slices(n_rows: int, n_in: int):
 
 
 def write_leaf(w: GGUFStreamWriter, leaf: Leaf, obj, t: Q) -> None:
-    name = leaf.gguf_name + ".weight"
+    name, n = leaf.gguf_name + ".weight", leaf.shape[0]
     if leaf.kind == "norm":
-        w.write(name, obj)
+        w.write(name, rows(obj, 0, n))
     elif leaf.kind == "router":
-        w.write(name, np.ascontiguousarray(obj.T))
+        w.write(name, np.ascontiguousarray(rows(obj, 0, n).T))
     elif leaf.kind == "embedding":  # the reference casts the table to bf16 before any use
-        for r0, r1 in _row_slices(obj.shape[0], obj.shape[1]):
-            w.write(name, quantize(round_bf16(obj[r0:r1]), t))
+        for r0, r1 in _row_slices(n, leaf.shape[1]):
+            w.write(name, quantize(round_bf16(rows(obj, r0, r1)), t))
     else:
-        ws, ss = (obj.weight, obj.scales) if leaf.kind == "experts" else (obj.weight[None], obj.scales[None])
-        for e in range(ws.shape[0]):  # one expert at a time
-            for r0, r1 in _row_slices(ws.shape[2], ws.shape[1]):
-                w.write(name, quantize(dequantize_rows(ws[e], ss[e], r0, r1), t))
+        stacked = leaf.kind == "experts"
+        for e in range(n if stacked else 1):  # one expert in memory at a time
+            ws = rows(obj.weight, e, e + 1)[0] if stacked else rows(obj.weight, 0, n)
+            ss = rows(obj.scales, e, e + 1)[0] if stacked else rows(obj.scales, 0, obj.scales.shape[0])
+            for r0, r1 in _row_slices(ws.shape[1], ws.shape[0]):
+                w.write(name, quantize(dequantize_rows(ws, ss, r0, r1), t))
 
 
 def convert_grok1(

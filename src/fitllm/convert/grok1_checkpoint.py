@@ -9,7 +9,9 @@ expert down-projection); dequantized exactly as model.py does: bf16(bf16(int8) *
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import struct
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -82,10 +84,50 @@ def _safe_globals() -> dict[tuple[str, str], Any]:
     }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+@dataclass
+class FileArray:
+    """An array left in its checkpoint file, read in slices of its first axis: the big leaves
+    (3.2 GB of embeddings, 1.6 GB of experts) never sit in memory whole."""
+
+    path: Path
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        per_row = int(np.prod(self.shape[1:], dtype=np.int64))
+        data = np.fromfile(
+            self.path,
+            self.dtype,
+            (r1 - r0) * per_row,
+            offset=self.offset + r0 * per_row * self.dtype.itemsize,
+        )
+        return data.reshape((r1 - r0,) + self.shape[1:])
+
+
+def rows(a: np.ndarray | FileArray, r0: int, r1: int) -> np.ndarray:
+    """a[r0:r1] in memory, for an array in memory or in its file."""
+    return a.rows(r0, r1) if isinstance(a, FileArray) else a[r0:r1]
+
+
+@dataclass
+class _InFile:  # a bytes payload left in the file
+    offset: int
+    size: int
+
+
+LAZY_BYTES = 1 << 20
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with a whitelist of globals, which leaves large byte strings (array
+    data, written outside pickle's frames) in the file and makes their arrays FileArrays."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, f, path: Path) -> None:
         super().__init__(f)
-        self.path = path
+        self.f, self.path, self.size = f, path, os.fstat(f.fileno()).st_size
         self.allowed = _safe_globals()
 
     def find_class(self, module: str, name: str) -> Any:
@@ -97,9 +139,40 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 " and QuantizedWeight8bit (the file may carry code to execute)"
             ) from None
 
+    def _load_binbytes8(self) -> None:
+        (n,) = struct.unpack("<Q", self.read(8))
+        frame = self._unframer.current_frame
+        in_frame = frame is not None and frame.tell() < len(frame.getbuffer())
+        if n < LAZY_BYTES or in_frame:
+            self.append(self.read(n))
+            return
+        at = self.f.tell()
+        if at + n > self.size:
+            raise CheckpointError(
+                f"{self.path}: truncated or corrupt checkpoint file (data runs past its end)"
+            )
+        self.f.seek(n, os.SEEK_CUR)
+        self.append(_InFile(at, n))
+
+    def _load_build(self) -> None:
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.ndarray) and isinstance(state, tuple) and len(state) == 5:
+            _, shape, dtype, fortran, raw = state
+            if isinstance(raw, _InFile):
+                shape = tuple(int(d) for d in shape)
+                if fortran or raw.size != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                    raise CheckpointError(f"{self.path}: array data does not match its shape {shape}")
+                self.stack.pop()
+                self.stack[-1] = FileArray(self.path, raw.offset, dtype, shape)
+                return
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BINBYTES8[0]] = _load_binbytes8
+    dispatch[pickle.BUILD[0]] = _load_build
+
 
 def load_leaf(path: Path) -> Any:
-    """Unpickle one checkpoint file with the whitelist."""
+    """Unpickle one checkpoint file with the whitelist; its big arrays stay in the file."""
     try:
         with open(path, "rb") as f:
             return _RestrictedUnpickler(f, path).load()
@@ -108,9 +181,8 @@ def load_leaf(path: Path) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing checkpoint file") from None
     except Exception as e:  # truncated or corrupt pickles fail in many ways
-        raise CheckpointError(
-            f"{path}: truncated or corrupt checkpoint file ({type(e).__name__}: {e})"
-        ) from None
+        why = f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint file ({why})") from None
 
 
 @dataclass
@@ -169,7 +241,7 @@ def _check(path: Path, obj: Any, leaf: Leaf) -> None:
         raise CheckpointError(f"{path}: expected {what} for {leaf.gguf_name}, found {type(obj).__name__}")
     arr = obj.weight if quantized else obj
     want = np.int8 if quantized else np.float32
-    if not isinstance(arr, np.ndarray) or arr.dtype != want or tuple(arr.shape) != leaf.shape:
+    if not isinstance(arr, (np.ndarray, FileArray)) or arr.dtype != want or tuple(arr.shape) != leaf.shape:
         got = f"{getattr(arr, 'dtype', '?')} {getattr(arr, 'shape', '?')}"
         raise CheckpointError(
             f"{path}: {leaf.gguf_name} is {got}, the config implies {np.dtype(want)} {leaf.shape}"
@@ -177,7 +249,11 @@ def _check(path: Path, obj: Any, leaf: Leaf) -> None:
     if quantized:
         s = obj.scales
         want_s = leaf.shape[:-2] + (leaf.scale_groups, leaf.shape[-1])
-        if not isinstance(s, np.ndarray) or s.dtype.name != "bfloat16" or tuple(s.shape) != want_s:
+        if (
+            not isinstance(s, (np.ndarray, FileArray))
+            or s.dtype.name != "bfloat16"
+            or tuple(s.shape) != want_s
+        ):
             got = f"{getattr(s, 'dtype', '?')} {getattr(s, 'shape', '?')}"
             raise CheckpointError(f"{path}: scales of {leaf.gguf_name} are {got}, expected bfloat16 {want_s}")
 
@@ -200,7 +276,7 @@ def dequantize_rows(w: np.ndarray, scales: np.ndarray, r0: int, r1: int) -> np.n
 
 
 def read_tensors(files: list[Path], cfg: Grok1Config) -> Iterator[tuple[Leaf, Any]]:
-    """(leaf, checked object) per file, one file in memory at a time."""
+    """(leaf, checked object) per file, one at a time."""
     for path, leaf in zip(files, leaves(cfg)):
         obj = load_leaf(path)
         _check(path, obj, leaf)
