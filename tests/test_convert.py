@@ -12,7 +12,7 @@ import sentencepiece
 
 from conftest import golden
 from fitllm.convert.grok1 import convert_grok1
-from fitllm.convert.grok1_checkpoint import CheckpointError
+from fitllm.convert.grok1_checkpoint import CheckpointError, FileArray, load_leaf
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
 from fitllm.tokenizer import GGUFTokenizer
@@ -150,3 +150,12 @@ def test_config_must_match_the_files(tiny, tmp_path):
     cfg.write_text(json.dumps({**TINY, "num_layers": 2}))
     with pytest.raises(CheckpointError, match="38 tensor files, but the config"):
         convert_grok1(root / "ckpt", tmp_path / "x.gguf", "f32", config=cfg, progress=False)
+
+
+def test_big_arrays_stay_in_their_files(tiny):
+    root, params = tiny
+    obj = load_leaf(root / "ckpt" / "ckpt-0" / "tensor00002_000")  # layer 0's gate experts, 1 MB
+    assert isinstance(obj.weight, FileArray)
+    np.testing.assert_array_equal(
+        obj.weight.rows(3, 5), params["transformer/decoder_layer_0/moe/linear/w"].weight[3:5]
+    )

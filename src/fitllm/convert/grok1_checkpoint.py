@@ -139,8 +139,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 " and QuantizedWeight8bit (the file may carry code to execute)"
             ) from None
 
-    def _load_binbytes8(self) -> None:
-        (n,) = struct.unpack("<Q", self.read(8))
+    def _load_big_bytes(self, size_format: str) -> None:
+        (n,) = struct.unpack(size_format, self.read(struct.calcsize(size_format)))
         frame = self._unframer.current_frame
         in_frame = frame is not None and frame.tell() < len(frame.getbuffer())
         if n < LAZY_BYTES or in_frame:
@@ -148,9 +148,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
             return
         at = self.f.tell()
         if at + n > self.size:
-            raise CheckpointError(
-                f"{self.path}: truncated or corrupt checkpoint file (data runs past its end)"
-            )
+            raise CheckpointError(f"{self.path}: truncated or corrupt checkpoint file (data runs past its end)")
         self.f.seek(n, os.SEEK_CUR)
         self.append(_InFile(at, n))
 
@@ -167,7 +165,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 return
         pickle._Unpickler.load_build(self)
 
-    dispatch[pickle.BINBYTES8[0]] = _load_binbytes8
+    dispatch[pickle.BINBYTES[0]] = lambda self: self._load_big_bytes("<I")
+    dispatch[pickle.BINBYTES8[0]] = lambda self: self._load_big_bytes("<Q")
     dispatch[pickle.BUILD[0]] = _load_build
 
 
