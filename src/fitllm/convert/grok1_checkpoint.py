@@ -148,7 +148,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
             return
         at = self.f.tell()
         if at + n > self.size:
-            raise CheckpointError(f"{self.path}: truncated or corrupt checkpoint file (data runs past its end)")
+            raise CheckpointError(f"{self.path}: truncated or corrupt checkpoint file (data past its end)")
         self.f.seek(n, os.SEEK_CUR)
         self.append(_InFile(at, n))
 
