@@ -59,7 +59,7 @@ def write_model(path: Path, layers: int, t: Q) -> Path:
             if tt == Q.F32:
                 std = 1.0 if len(shape) == 1 else 1 / np.sqrt(shape[-1])
                 mean = 1.0 if len(shape) == 1 else 0.0  # norms near 1
-                w.write(name + ".weight", mean + std * rng.standard_normal(shape, np.float32))
+                w.write(name + ".weight", (mean + std * rng.standard_normal(shape)).astype(np.float32))
                 continue
             rows = int(np.prod(shape[:-1]))
             for r0 in range(0, rows, 4096):

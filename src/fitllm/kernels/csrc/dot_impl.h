@@ -199,17 +199,14 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
 }
 
 #if FL_VNNI
-/* Batches on AVX-512: two 32-element chunks per 512-bit register (two blocks of a 32-element
- * format, or chunks c and c+1 of a K-quant block), so one (row, token) pair costs one vpdpbusd,
- * one conversion, one scale product and one FMA per 64 elements. Offsets that are a constant
- * times the scale (Q4_0 Q5_0 Q8_0 Q3_K Q6_K) are taken out of the integer sums, exactly; the
- * others (mins) are added per block into the same accumulator, whose lanes are summed at the end. */
+/* AVX-512: two 32-element chunks per 512-bit register (two blocks of a 32-element format, or
+ * chunks c and c+1 of a K-quant block), so one (row, token) pair costs one vpdpbusd, one
+ * conversion, one scale product and one FMA per 64 elements. Offsets that are a constant times the
+ * scale (Q4_0 Q5_0 Q8_0 Q3_K Q6_K) are taken out of the integer sums, exactly; the K-quant mins
+ * (Q2_K Q4_K Q5_K) are added per block into the same accumulator, whose lanes are summed at the end.
+ * Q4_1 and Q5_1 (a float min per 32) stay with tile_q, where they are faster. */
 ALWAYS_INLINE __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 ALWAYS_INLINE __m512 join_ps(float lo, float hi) { return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(lo), _mm512_set1_ps(hi)); }
-/* lo in lane 0, hi in lane 8, zeros elsewhere */
-ALWAYS_INLINE __m512 lanes_0_8(float lo, float hi) {
-    return _mm512_insertf32x4(_mm512_castps128_ps512(_mm_set_ss(lo)), _mm_set_ss(hi), 2);
-}
 
 ALWAYS_INLINE int int_offset(const int type) {
     switch (type) {
@@ -225,7 +222,7 @@ ALWAYS_INLINE int int_offset(const int type) {
 ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_t *w, size_t rb, const fl_q8 *a,
                           int64_t nb32, int64_t nblk, float *y, int64_t ldy) {
     const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size, kq = int_offset(type);
-    const int step = nch == 1 ? 2 : 1, mins = kq == 0; /* Q4_1 Q5_1 Q2_K Q4_K Q5_K */
+    const int step = nch == 1 ? 2 : 1, mins = kq == 0; /* Q2_K Q4_K Q5_K (Q4_1, Q5_1 go to tile_q) */
     /* lanes 4j..4j+3 take the scale of 16-element group j of the pair */
     const __m512i gidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     /* s0, s1 of the eight records of a K-quant block (records are 11 floats) */
@@ -239,11 +236,9 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
         for (int r = 0; r < R; r++) {
             const uint8_t *b = w + r * rb + i * bsz;
             _mm_prefetch((const char *)(b + 2 * R * rb), _MM_HINT_T0);
-            if (nch == 1) {
+            if (nch == 1) { /* d (and m) are the block's first fp16 fields: no scale arrays */
                 if (step == 2) _mm_prefetch((const char *)(b + 2 * R * rb + bsz), _MM_HINT_T0);
-                blk_scales(type, b, sc[r], mn[r]);
-                blk_scales(type, b + bsz, sc[r] + 2, mn[r] + 2);
-                swall[r] = join_ps(sc[r][0], sc[r][2]);
+                swall[r] = join_ps(h2f(b), h2f(b + bsz));
             } else {
                 blk_scales(type, b, sc[r], mn[r]);
                 swall[r] = _mm512_loadu_ps(sc[r]);
@@ -252,9 +247,8 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
         for (int c = 0; c < nch; c += 2) {
             const fl_q8 *ab = a + i * nch + c;
             __m512i u[4];
-            __m512 sw[4], mv[4];
+            __m512 sw[4];
             for (int r = 0; r < R; r++) {
-                if (mins && nch == 1) mv[r] = lanes_0_8(mn[r][0], mn[r][2]);
                 const uint8_t *b = w + r * rb + i * bsz;
                 u[r] = nch == 1 ? join256(chunk_quants(type, b, 0), chunk_quants(type, b + bsz, 0))
                                 : join256(chunk_quants(type, b, c), chunk_quants(type, b, c + 1));
@@ -266,16 +260,13 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
                 const __m512 da = nch == 1 ? join_ps(at[0].d, at[1].d) : _mm512_set1_ps(at[0].d);
                 __m512i init = _mm512_setzero_si512();
                 if (kq) init = _mm512_sub_epi32(init, _mm512_dpbusd_epi32(init, _mm512_set1_epi8((char)kq), s));
-                __m512 st = _mm512_setzero_ps();
-                if (mins && nch == 1) st = lanes_0_8(at[0].s0, at[1].s0); /* Q8_1: s1 = 0 */
                 for (int r = 0; r < R; r++) {
                     const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u[r], s));
                     acc[r][t] = _mm512_fmadd_ps(p, _mm512_mul_ps(sw[r], da), acc[r][t]);
-                    if (mins && nch == 1) acc[r][t] = _mm512_fmadd_ps(mv[r], st, acc[r][t]);
                 }
             }
         }
-        if (mins && nch > 1)
+        if (mins)
             for (int t = 0; t < C; t++) {
                 const __m512 bs = _mm512_i32gather_ps(sidx, (const float *)(a + t * nb32 + i * nch), 4);
                 for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(_mm512_loadu_ps(mn[r]), bs, acc[r][t]);
@@ -307,7 +298,8 @@ ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t
     const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
     int64_t t = 0, r;
 #if FL_VNNI
-    if (FL_TYPES[type].blck > 32 || nblk % 2 == 0) { /* tile_z takes blocks in pairs */
+    /* tile_z takes blocks in pairs; Q4_1/Q5_1 (float mins per 32) are faster in tile_q */
+    if ((FL_TYPES[type].blck > 32 || nblk % 2 == 0) && type != FL_Q4_1 && type != FL_Q5_1) {
         for (; t + 16 <= T_; t += 16) zrows(type, 2, 16, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
         for (; t + 8 <= T_; t += 8) zrows(type, 2, 8, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
         for (; t + 4 <= T_; t += 4) zrows(type, 2, 4, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
