@@ -41,7 +41,7 @@ def _load() -> ctypes.CDLL:
     lib.fl_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
     lib.fl_layer_work_bytes.argtypes = [p, i64, i64, i32]
     lib.fl_layer_work_bytes.restype = sz
-    lib.fl_layer_forward.argtypes = [p, p, p, i64, p, i64, i64, p, sz, i32]
+    lib.fl_layer_forward.argtypes = [p, p, p, i64, p, i64, i64, i64, p, sz, i32]
     return lib
 
 
@@ -228,8 +228,11 @@ def layer_spec(**kw) -> LayerSpec:
 _work = np.empty(0, np.uint8)
 
 
-def layer_forward(spec: LayerSpec, kc: np.ndarray, vc: np.ndarray, x: np.ndarray, pos0: int) -> None:
-    """x (T, n_embd) <- the block applied in place; kc/vc: this layer's fp16 caches (n_ctx, n_kv, hd)."""
+def layer_forward(
+    spec: LayerSpec, kc: np.ndarray, vc: np.ndarray, x: np.ndarray, pos0: int, n_out: int | None = None
+) -> None:
+    """x (T, n_embd) <- the block applied in place; kc/vc: this layer's fp16 caches (n_ctx, n_kv, hd).
+    n_out: only the last n_out rows get the feed-forward half (default: all)."""
     global _work
     assert x.dtype == np.float32 and x.flags.c_contiguous and kc.dtype == vc.dtype == np.float16
     T, n_ctx = x.shape[0], kc.shape[0]
@@ -244,6 +247,7 @@ def layer_forward(spec: LayerSpec, kc: np.ndarray, vc: np.ndarray, x: np.ndarray
         x.ctypes.data,
         T,
         pos0,
+        T if n_out is None else n_out,
         _work.ctypes.data,
         _work.nbytes,
         _threads,

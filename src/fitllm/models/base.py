@@ -190,8 +190,11 @@ class DecoderModel:
         if not hasattr(self, "_specs"):
             self._specs = [self.spec(i, blk) for i, blk in enumerate(self.blk)]
         x = np.ascontiguousarray(self.embed(tokens), dtype=np.float32)
+        last = len(self._specs) - 1
         for i, spec in enumerate(self._specs):
-            kernels.layer_forward(spec, kv.k[i], kv.v[i], x, kv.n)
+            # the last layer's feed-forward only for the rows whose logits are wanted, as llama.cpp
+            n_out = tokens.size if all_logits or i < last else 1
+            kernels.layer_forward(spec, kv.k[i], kv.v[i], x, kv.n, n_out)
         kv.n += tokens.size
         return self.logits(x if all_logits else x[-1:])
 

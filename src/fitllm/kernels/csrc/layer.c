@@ -309,11 +309,11 @@ static void route(const fl_layer *L, work_t *w, int64_t T) {
 
 /* Mixture of experts: each expert runs once on the tokens routed to it (its weights are read once
  * per batch); y = sum of gate * expert output per token. */
-static void moe(const fl_layer *L, work_t *w, int64_t T, float *y, int ith, int nth) {
+static void moe(const fl_layer *L, work_t *w, const float *h, int64_t T, float *y, int ith, int nth) {
     const int64_t E = L->n_embd, ne = L->n_expert;
     const void *acts[1];
     const fl_mat *r[1] = {&L->gate_inp};
-    prepare(r, 1, w->h, T, E, w, acts, ith, nth);
+    prepare(r, 1, h, T, E, w, acts, ith, nth);
 #pragma omp barrier
     mm(&L->gate_inp, acts[0], T, w->logits, ith, nth);
 #pragma omp barrier
@@ -324,7 +324,7 @@ static void moe(const fl_layer *L, work_t *w, int64_t T, float *y, int ith, int 
         const int64_t n = w->cnt[e];
         if (n == 0) continue;
         const int32_t *tok = w->sel + e * T;
-        for (int64_t i = ith; i < n; i += nth) memcpy(w->ex + i * E, w->h + tok[i] * E, (size_t)E * sizeof(float));
+        for (int64_t i = ith; i < n; i += nth) memcpy(w->ex + i * E, h + tok[i] * E, (size_t)E * sizeof(float));
         const fl_mat g = expert_rows(&L->gate, e, L->n_ff), u = expert_rows(&L->up, e, L->n_ff);
         const fl_mat d = expert_rows(&L->down, e, E);
 #pragma omp barrier
@@ -338,18 +338,24 @@ static void moe(const fl_layer *L, work_t *w, int64_t T, float *y, int ith, int 
     }
 }
 
-static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int ith, int nth) {
-    if (L->n_expert) moe(L, w, T, w->tmp, ith, nth);
-    else ffn(L, &L->gate, &L->up, &L->down, w, w->h, T, w->tmp, ith, nth);
-    residual(L, x, w->tmp, w->tmp, L->post_ffn_norm, NULL, NULL, T, ith, nth);
+/* the feed-forward half for the last n tokens of x (the others' outputs are not wanted) */
+static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int64_t n, int ith, int nth) {
+    const int64_t E = L->n_embd;
+    const float *h = w->h + (T - n) * E;
+    if (L->n_expert) moe(L, w, h, n, w->tmp, ith, nth);
+    else ffn(L, &L->gate, &L->up, &L->down, w, h, n, w->tmp, ith, nth);
+    residual(L, x + (T - n) * E, w->tmp, w->tmp, L->post_ffn_norm, NULL, NULL, n, ith, nth);
 }
 
 /* x (T, n_embd) <- the block applied to x, tokens at positions pos0.. ; kc, vc: fp16 (n_ctx, n_head_kv,
- * head_dim) caches of this layer. work: fl_layer_work_bytes(L, T, n_ctx, nthreads) bytes. */
+ * head_dim) caches of this layer. Only the last n_out rows of x go through the feed-forward half
+ * (the last layer: every token's keys and values are cached, only the logits' rows need the rest);
+ * the other rows are left after attention. work: fl_layer_work_bytes(L, T, n_ctx, nthreads) bytes. */
 int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ctx, float *x, int64_t T,
-                     int64_t pos0, void *work, size_t work_bytes, int nthreads) {
+                     int64_t pos0, int64_t n_out, void *work, size_t work_bytes, int nthreads) {
     int rc = layer_check(L, T, pos0, n_ctx);
     if (rc) return rc;
+    if (n_out < 1 || n_out > T) return FL_ESIZE;
     if (nthreads < 1) nthreads = 1;
     work_t w;
     if (!kc || !vc || !work || work_bytes < work_layout(L, T, n_ctx, nthreads, (uint8_t *)work, &w)) return FL_ESIZE;
@@ -358,7 +364,7 @@ int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ct
         const int ith = omp_get_thread_num(), nth = omp_get_num_threads();
         attention_block(L, &w, x, T, pos0, kc, vc, ith, nth);
 #pragma omp barrier
-        ffn_block(L, &w, x, T, ith, nth);
+        ffn_block(L, &w, x, T, n_out, ith, nth);
     }
     return FL_OK;
 }
