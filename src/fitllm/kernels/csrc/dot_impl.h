@@ -208,6 +208,34 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
 ALWAYS_INLINE __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 ALWAYS_INLINE __m512 join_ps(float lo, float hi) { return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(lo), _mm512_set1_ps(hi)); }
 
+/* K-quant block scales as vectors, per 16 elements: swall (scale) and mnv (offset). Q4_K/Q5_K unpack
+ * their twelve 6-bit fields with word masks (as llama.cpp does), Q6_K's are plain int8; the rest
+ * go through blk_scales. */
+ALWAYS_INLINE void kscales_z(const int type, const uint8_t *b, float *sc, float *mn, __m512 *swall, __m512 *mnv) {
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    if (type == FL_Q4_K || type == FL_Q5_K) {
+        uint32_t u[3], v[4];
+        memcpy(u, b + 4, 12);
+        const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+        v[0] = u[0] & k1;                                      /* scales 0-3 */
+        v[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);        /* scales 4-7 */
+        v[2] = u[1] & k1;                                      /* mins 0-3 */
+        v[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4); /* mins 4-7 */
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)v)));
+        const __m512 dm = join_ps(h2f(b), -h2f(b + 2)); /* d for the scales, -dmin for the mins */
+        const __m512 sm = _mm512_mul_ps(f, dm);
+        *swall = _mm512_permutexvar_ps(dup, sm);
+        *mnv = _mm512_permutexvar_ps(_mm512_add_epi32(dup, _mm512_set1_epi32(8)), sm);
+    } else if (type == FL_Q6_K) {
+        const __m128i s8 = _mm_loadu_si128((const __m128i *)(b + 192));
+        *swall = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)), _mm512_set1_ps(h2f(b + 208)));
+    } else {
+        blk_scales(type, b, sc, mn);
+        *swall = _mm512_loadu_ps(sc);
+        *mnv = _mm512_loadu_ps(mn);
+    }
+}
+
 ALWAYS_INLINE int int_offset(const int type) {
     switch (type) {
     case FL_Q4_0: return 8;
@@ -232,16 +260,15 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
         for (int t = 0; t < C; t++) acc[r][t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nblk; i += step) {
         float sc[4][16], mn[4][16];
-        __m512 swall[4];
+        __m512 swall[4], mnv[4];
         for (int r = 0; r < R; r++) {
             const uint8_t *b = w + r * rb + i * bsz;
             _mm_prefetch((const char *)(b + 2 * R * rb), _MM_HINT_T0);
-            if (nch == 1) { /* d (and m) are the block's first fp16 fields: no scale arrays */
+            if (nch == 1) { /* d is the block's first fp16 field */
                 if (step == 2) _mm_prefetch((const char *)(b + 2 * R * rb + bsz), _MM_HINT_T0);
                 swall[r] = join_ps(h2f(b), h2f(b + bsz));
             } else {
-                blk_scales(type, b, sc[r], mn[r]);
-                swall[r] = _mm512_loadu_ps(sc[r]);
+                kscales_z(type, b, sc[r], mn[r], &swall[r], &mnv[r]);
             }
         }
         for (int c = 0; c < nch; c += 2) {
@@ -269,7 +296,7 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
         if (mins)
             for (int t = 0; t < C; t++) {
                 const __m512 bs = _mm512_i32gather_ps(sidx, (const float *)(a + t * nb32 + i * nch), 4);
-                for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(_mm512_loadu_ps(mn[r]), bs, acc[r][t]);
+                for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(mnv[r], bs, acc[r][t]);
             }
     }
     for (int r = 0; r < R; r++)
