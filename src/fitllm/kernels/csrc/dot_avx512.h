@@ -1,0 +1,114 @@
+/* AVX-512 VNNI tiles of dot_impl.h (included there, inside FL_VNNI, after chunk_quants). */
+/* AVX-512: two 32-element chunks per 512-bit register (two blocks of a 32-element format, or
+ * chunks c and c+1 of a K-quant block), so one (row, token) pair costs one vpdpbusd, one
+ * conversion, one scale product and one FMA per 64 elements. Offsets that are a constant times the
+ * scale (Q4_0 Q5_0 Q8_0 Q3_K Q6_K) are taken out of the integer sums, exactly; the K-quant mins
+ * (Q2_K Q4_K Q5_K) are added per block into the same accumulator, whose lanes are summed at the end.
+ * Q4_1 and Q5_1 (a float min per 32) stay with tile_q, where they are faster. */
+ALWAYS_INLINE __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+ALWAYS_INLINE __m512 join_ps(float lo, float hi) { return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(lo), _mm512_set1_ps(hi)); }
+
+/* K-quant block scales as vectors, per 16 elements: swall (scale) and mnv (offset). Q4_K/Q5_K unpack
+ * their twelve 6-bit fields with word masks (as llama.cpp does), Q6_K's are plain int8; the rest
+ * go through blk_scales. */
+ALWAYS_INLINE void kscales_z(const int type, const uint8_t *b, float *sc, float *mn, __m512 *swall, __m512 *mnv) {
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    if (type == FL_Q4_K || type == FL_Q5_K) {
+        uint32_t u[3], v[4];
+        memcpy(u, b + 4, 12);
+        const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+        v[0] = u[0] & k1;                                      /* scales 0-3 */
+        v[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);        /* scales 4-7 */
+        v[2] = u[1] & k1;                                      /* mins 0-3 */
+        v[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4); /* mins 4-7 */
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)v)));
+        const __m512 dm = join_ps(h2f(b), -h2f(b + 2)); /* d for the scales, -dmin for the mins */
+        const __m512 sm = _mm512_mul_ps(f, dm);
+        *swall = _mm512_permutexvar_ps(dup, sm);
+        *mnv = _mm512_permutexvar_ps(_mm512_add_epi32(dup, _mm512_set1_epi32(8)), sm);
+    } else if (type == FL_Q6_K) {
+        const __m128i s8 = _mm_loadu_si128((const __m128i *)(b + 192));
+        *swall = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)), _mm512_set1_ps(h2f(b + 208)));
+    } else {
+        blk_scales(type, b, sc, mn);
+        *swall = _mm512_loadu_ps(sc);
+        *mnv = _mm512_loadu_ps(mn);
+    }
+}
+
+ALWAYS_INLINE int int_offset(const int type) {
+    switch (type) {
+    case FL_Q4_0: return 8;
+    case FL_Q5_0: return 16;
+    case FL_Q8_0: return 128;
+    case FL_Q3_K: return 4;
+    case FL_Q6_K: return 32;
+    }
+    return 0;
+}
+
+ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_t *w, size_t rb, const fl_q8 *a,
+                          int64_t nb32, int64_t nblk, float *y, int64_t ldy) {
+    const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size, kq = int_offset(type);
+    const int step = nch == 1 ? 2 : 1, mins = kq == 0; /* Q2_K Q4_K Q5_K (Q4_1, Q5_1 go to tile_q) */
+    /* lanes 4j..4j+3 take the scale of 16-element group j of the pair */
+    const __m512i gidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    /* s0, s1 of the eight records of a K-quant block (records are 11 floats) */
+    const __m512i sidx = _mm512_setr_epi32(1, 2, 12, 13, 23, 24, 34, 35, 45, 46, 56, 57, 67, 68, 78, 79);
+    __m512 acc[4][16];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < C; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nblk; i += step) {
+        float sc[4][16], mn[4][16];
+        __m512 swall[4], mnv[4];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *b = w + r * rb + i * bsz;
+            _mm_prefetch((const char *)(b + 2 * R * rb), _MM_HINT_T0);
+            if (nch == 1) { /* d is the block's first fp16 field */
+                if (step == 2) _mm_prefetch((const char *)(b + 2 * R * rb + bsz), _MM_HINT_T0);
+                swall[r] = join_ps(h2f(b), h2f(b + bsz));
+            } else {
+                kscales_z(type, b, sc[r], mn[r], &swall[r], &mnv[r]);
+            }
+        }
+        for (int c = 0; c < nch; c += 2) {
+            const fl_q8 *ab = a + i * nch + c;
+            __m512i u[4];
+            __m512 sw[4];
+            for (int r = 0; r < R; r++) {
+                const uint8_t *b = w + r * rb + i * bsz;
+                u[r] = nch == 1 ? join256(chunk_quants(type, b, 0), chunk_quants(type, b + bsz, 0))
+                                : join256(chunk_quants(type, b, c), chunk_quants(type, b, c + 1));
+                sw[r] = nch == 1 ? swall[r] : _mm512_permutexvar_ps(_mm512_add_epi32(gidx, _mm512_set1_epi32(2 * c)), swall[r]);
+            }
+            for (int t = 0; t < C; t++) {
+                const fl_q8 *at = ab + t * nb32;
+                const __m512i s = join256(_mm256_loadu_si256((const __m256i *)at[0].q), _mm256_loadu_si256((const __m256i *)at[1].q));
+                const __m512 da = nch == 1 ? join_ps(at[0].d, at[1].d) : _mm512_set1_ps(at[0].d);
+                __m512i init = _mm512_setzero_si512();
+                if (kq) init = _mm512_sub_epi32(init, _mm512_dpbusd_epi32(init, _mm512_set1_epi8((char)kq), s));
+                for (int r = 0; r < R; r++) {
+                    const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u[r], s));
+                    acc[r][t] = _mm512_fmadd_ps(p, _mm512_mul_ps(sw[r], da), acc[r][t]);
+                }
+            }
+        }
+        if (mins)
+            for (int t = 0; t < C; t++) {
+                const __m512 bs = _mm512_i32gather_ps(sidx, (const float *)(a + t * nb32 + i * nch), 4);
+                for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(mnv[r], bs, acc[r][t]);
+            }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < C; t++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+#endif
+
+#if FL_VNNI
+/* rows [r0, r1) x C tokens in R-row tiles, then single rows */
+ALWAYS_INLINE void zrows(const int type, const int R, const int C, const uint8_t *w, size_t rb, int64_t nb32,
+                         const fl_q8 *a, int64_t nblk, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+    int64_t r = r0;
+    for (; r + R <= r1; r += R) tile_z(type, R, C, w + r * rb, rb, a, nb32, nblk, y + r, ldy);
+    for (; r < r1; r++) tile_z(type, 1, C, w + r * rb, rb, a, nb32, nblk, y + r, ldy);
+}
