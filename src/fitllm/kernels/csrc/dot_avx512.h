@@ -102,9 +102,7 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
     for (int r = 0; r < R; r++)
         for (int t = 0; t < C; t++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
-#endif
 
-#if FL_VNNI
 /* rows [r0, r1) x C tokens in R-row tiles, then single rows */
 ALWAYS_INLINE void zrows(const int type, const int R, const int C, const uint8_t *w, size_t rb, int64_t nb32,
                          const fl_q8 *a, int64_t nblk, int64_t r0, int64_t r1, float *y, int64_t ldy) {
