@@ -91,6 +91,7 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
     const size_t rb = fl_row_bytes(type, ncols), ab = fl_act_row_bytes(kind, ncols);
     const int64_t nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     const int64_t ntask = nrt * ((T + TOKENS_PER_TASK - 1) / TOKENS_PER_TASK);
+    if (isa == FL_ISA_AVX512VNNI) fl_pack_vnni(kind >= FL_ACT_Q8_0 ? (const fl_q8 *)act : NULL, ncols / 32, T);
     for (int64_t k = ith; k < ntask; k += nth) {
         const int64_t r0 = (k % nrt) * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < nrows ? r0 + ROWS_PER_TASK : nrows;
         const int64_t t0 = (k / nrt) * TOKENS_PER_TASK, nt = T - t0 < TOKENS_PER_TASK ? T - t0 : TOKENS_PER_TASK;

@@ -5,6 +5,41 @@
  * scale (Q4_0 Q5_0 Q8_0 Q3_K Q6_K) are taken out of the integer sums, exactly; the K-quant mins
  * (Q2_K Q4_K Q5_K) are added per block into the same accumulator, whose lanes are summed at the end.
  * Q4_1 and Q5_1 (a float min per 32) stay with tile_q, where they are faster. */
+/* Activations packed per token and 64 elements, once per matmul (fl_pack_vnni): the quants of two
+ * records, minus the sum of each 4 of them (the integer offset, times kq, of types with one), and
+ * each lane's scale; the tiles then load what they used to join and compute for every 2 rows. */
+typedef struct {
+    int8_t q[64];
+    int32_t negsum[16];
+    float d[16];
+} zpack;
+
+static __thread zpack *ZP;              /* this thread's packed activations */
+static __thread size_t ZP_CAP;          /* their capacity, in zpacks */
+static __thread const fl_q8 *ZP_BASE;   /* the records they were packed from (NULL: none) */
+
+void fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T) {
+    ZP_BASE = NULL;
+    if (!a || nb32 % 2) return;
+    const size_t n = (size_t)(T * nb32 / 2);
+    if (n > ZP_CAP) {
+        free(ZP);
+        ZP = aligned_alloc(64, n * sizeof(zpack));
+        ZP_CAP = ZP ? n : 0;
+        if (!ZP) return; /* the tiles fall back to tile_q */
+    }
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (size_t p = 0; p < n; p++) {
+        const fl_q8 *r = a + 2 * p;
+        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)r[0].q)),
+                                             _mm256_loadu_si256((const __m256i *)r[1].q), 1);
+        _mm512_store_si512(ZP[p].q, q);
+        _mm512_store_si512(ZP[p].negsum, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, q)));
+        _mm512_store_ps(ZP[p].d, _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(r[0].d), _mm512_set1_ps(r[1].d)));
+    }
+    ZP_BASE = a;
+}
+
 ALWAYS_INLINE __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 ALWAYS_INLINE __m512 join_ps(float lo, float hi) { return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(lo), _mm512_set1_ps(hi)); }
 
@@ -48,7 +83,7 @@ ALWAYS_INLINE int int_offset(const int type) {
 }
 
 ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_t *w, size_t rb, const fl_q8 *a,
-                          int64_t nb32, int64_t nblk, float *y, int64_t ldy) {
+                          const zpack *pk, int64_t nb32, int64_t nblk, float *y, int64_t ldy) {
     const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size, kq = int_offset(type);
     const int step = nch == 1 ? 2 : 1, mins = kq == 0; /* Q2_K Q4_K Q5_K (Q4_1, Q5_1 go to tile_q) */
     /* lanes 4j..4j+3 take the scale of 16-element group j of the pair */
@@ -72,7 +107,6 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
             }
         }
         for (int c = 0; c < nch; c += 2) {
-            const fl_q8 *ab = a + i * nch + c;
             __m512i u[4];
             __m512 sw[4];
             for (int r = 0; r < R; r++) {
@@ -82,11 +116,11 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
                 sw[r] = nch == 1 ? swall[r] : _mm512_permutexvar_ps(_mm512_add_epi32(gidx, _mm512_set1_epi32(2 * c)), swall[r]);
             }
             for (int t = 0; t < C; t++) {
-                const fl_q8 *at = ab + t * nb32;
-                const __m512i s = join256(_mm256_loadu_si256((const __m256i *)at[0].q), _mm256_loadu_si256((const __m256i *)at[1].q));
-                const __m512 da = nch == 1 ? join_ps(at[0].d, at[1].d) : _mm512_set1_ps(at[0].d);
+                const zpack *pt = pk + t * (nb32 / 2) + (i * nch + c) / 2;
+                const __m512i s = _mm512_load_si512(pt->q);
+                const __m512 da = _mm512_load_ps(pt->d);
                 __m512i init = _mm512_setzero_si512();
-                if (kq) init = _mm512_sub_epi32(init, _mm512_dpbusd_epi32(init, _mm512_set1_epi8((char)kq), s));
+                if (kq) init = _mm512_slli_epi32(_mm512_load_si512(pt->negsum), __builtin_ctz(kq));
                 for (int r = 0; r < R; r++) {
                     const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u[r], s));
                     acc[r][t] = _mm512_fmadd_ps(p, _mm512_mul_ps(sw[r], da), acc[r][t]);
@@ -107,6 +141,7 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
 ALWAYS_INLINE void zrows(const int type, const int R, const int C, const uint8_t *w, size_t rb, int64_t nb32,
                          const fl_q8 *a, int64_t nblk, int64_t r0, int64_t r1, float *y, int64_t ldy) {
     int64_t r = r0;
-    for (; r + R <= r1; r += R) tile_z(type, R, C, w + r * rb, rb, a, nb32, nblk, y + r, ldy);
-    for (; r < r1; r++) tile_z(type, 1, C, w + r * rb, rb, a, nb32, nblk, y + r, ldy);
+    const zpack *pk = ZP + (a - ZP_BASE) / 2; /* a token's nb32 records make nb32 / 2 packs */
+    for (; r + R <= r1; r += R) tile_z(type, R, C, w + r * rb, rb, a, pk, nb32, nblk, y + r, ldy);
+    for (; r < r1; r++) tile_z(type, 1, C, w + r * rb, rb, a, pk, nb32, nblk, y + r, ldy);
 }

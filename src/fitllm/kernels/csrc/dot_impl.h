@@ -214,7 +214,7 @@ ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t
     int64_t t = 0, r;
 #if FL_VNNI
     /* tile_z takes blocks in pairs; Q4_1/Q5_1 (float mins per 32) are faster in tile_q */
-    if ((FL_TYPES[type].blck > 32 || nblk % 2 == 0) && type != FL_Q4_1 && type != FL_Q5_1) {
+    if ((FL_TYPES[type].blck > 32 || nblk % 2 == 0) && type != FL_Q4_1 && type != FL_Q5_1 && ZP_BASE) {
         for (; t + 16 <= T_; t += 16) zrows(type, 2, 16, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
         for (; t + 8 <= T_; t += 8) zrows(type, 2, 8, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
         for (; t + 4 <= T_; t += 4) zrows(type, 2, 4, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);

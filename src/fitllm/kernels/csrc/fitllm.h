@@ -65,6 +65,9 @@ static inline float fl_bf2f(uint16_t h) {
     return f;
 }
 
+/* AVX-512: this thread's copy of a matmul's activations in the tiles' layout (fl_mm_part calls it) */
+void fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
+
 /* Per-ISA row kernels: y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1). */
 #define FL_DECLARE_ISA(sfx)                                                                       \
     void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32,                \
