@@ -154,8 +154,12 @@ class GGUFTokenizer:
             i for i in range(n) if self.types[i] in (CONTROL, USER_DEFINED, UNKNOWN) and self.tokens[i]
         ]
         self._special_ids = {self.tokens[i]: i for i in specials}
-        self._split_all = self._splitter(specials)
         self._split_user = self._splitter([i for i in specials if self.types[i] == USER_DEFINED])
+
+    @cached_property
+    def _split_all(self) -> re.Pattern | None:
+        """Every special token (Gemma has 6k control tokens: compiled when special=True is first used)."""
+        return self._splitter(list(self._special_ids.values()))
 
     @property
     def n_vocab(self) -> int:

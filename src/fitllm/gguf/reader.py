@@ -67,16 +67,16 @@ class _CheckedReader(GGUFReader):
         n = int(self._get(orig_offs + 4, np.uint64)[0])
         offs = orig_offs + 12
         if itype == GGUFValueType.STRING:
-            buf = memoryview(self.__dict__["_plain"])
-            order = "little" if self.byte_order == "I" else "big"
-            parts = []
-            for _ in range(n):
-                ln = int.from_bytes(buf[offs : offs + 8], order)
-                if offs + 8 + ln > len(buf):
-                    raise GGUFError("a metadata string runs past the end of the file: truncated or corrupt")
-                parts.append(buf[offs + 8 : offs + 8 + ln])
-                offs += 8 + ln
-            return offs - orig_offs, parts, list(range(n)), [GGUFValueType.ARRAY, itype]
+            from fitllm.kernels import gguf_strings  # the walk over 262k length prefixes, in C
+
+            plain = self.__dict__["_plain"]
+            found = gguf_strings(plain, offs, n, self.byte_order != "I")
+            if found is None:
+                raise GGUFError("a metadata string runs past the end of the file: truncated or corrupt")
+            starts, lens, end = found
+            buf = memoryview(plain)
+            parts = [buf[a : a + b] for a, b in zip(starts, lens)]
+            return end - orig_offs, parts, list(range(n)), [GGUFValueType.ARRAY, itype]
         nptype = self.gguf_scalar_to_np.get(itype)
         if nptype is None:  # nested arrays: gguf-py's general path
             return super()._get_field_parts(orig_offs, raw_type)

@@ -41,6 +41,8 @@ def _load() -> ctypes.CDLL:
     lib.fl_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
     lib.fl_layer_work_bytes.argtypes = [p, i64, i64, i32]
     lib.fl_layer_work_bytes.restype = sz
+    lib.fl_gguf_strings.argtypes = [p, sz, sz, i64, i32, p, p]
+    lib.fl_gguf_strings.restype = i64
     lib.fl_layer_forward.argtypes = [p, p, p, i64, p, i64, i64, i64, p, sz, i32]
     return lib
 
@@ -91,6 +93,18 @@ if os.environ.get("FITLLM_ISA"):
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         raise ValueError(f"{what}: {_ERRORS.get(rc, rc)}")
+
+
+def gguf_strings(
+    buf: np.ndarray, off: int, n: int, big_endian: bool
+) -> tuple[list[int], list[int], int] | None:
+    """Starts and lengths of the n length-prefixed strings of a GGUF string array at buf[off], and the
+    offset after them; None if they run past the end of buf (uint8)."""
+    starts, lens = np.empty(n, np.int64), np.empty(n, np.int64)
+    end = _lib.fl_gguf_strings(
+        buf.ctypes.data, buf.nbytes, off, n, int(big_endian), starts.ctypes.data, lens.ctypes.data
+    )
+    return None if end < 0 else (starts.tolist(), lens.tolist(), end)
 
 
 def row_bytes(ggml_type: int, ncols: int) -> int:

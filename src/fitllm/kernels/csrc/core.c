@@ -146,3 +146,19 @@ int fl_quantize_act(int type, const float *x, int64_t T, int64_t n, void *out) {
     fl_act_rows(fl_act_kind(type), x, T, n, out, 0, 1);
     return FL_OK;
 }
+
+/* GGUF string arrays: n strings, each a u64 length then its bytes, from buf[off]; their starts and
+ * lengths. Returns the offset after the last one, or -1 if one runs past size. */
+int64_t fl_gguf_strings(const uint8_t *buf, size_t size, size_t off, int64_t n, int big_endian, int64_t *starts,
+                        int64_t *lens) {
+    for (int64_t i = 0; i < n; i++) {
+        if (off + 8 > size) return -1;
+        uint64_t ln = 0;
+        for (int b = 0; b < 8; b++) ln |= (uint64_t)buf[off + (big_endian ? 7 - b : b)] << (8 * b);
+        if (ln > size - off - 8) return -1;
+        starts[i] = (int64_t)(off + 8);
+        lens[i] = (int64_t)ln;
+        off += 8 + ln;
+    }
+    return (int64_t)off;
+}

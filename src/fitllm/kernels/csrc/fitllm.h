@@ -65,6 +65,9 @@ static inline float fl_bf2f(uint16_t h) {
     return f;
 }
 
+int64_t fl_gguf_strings(const uint8_t *buf, size_t size, size_t off, int64_t n, int big_endian, int64_t *starts,
+                        int64_t *lens);
+
 /* AVX-512: this thread's copy of a matmul's activations in the tiles' layout (fl_mm_part calls it) */
 void fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 
