@@ -207,6 +207,9 @@ class GGUFTokenizer:
             return self._load_bytes(data)
 
     def _load(self, path: Path) -> Callable[[str], list[int]]:
+        if self.kind == "gpt2":  # from the file: no transient copies of a multi-MB JSON
+            tok = Tokenizer.from_file(str(path))
+            return lambda text: tok.encode(text, add_special_tokens=False).ids
         return self._load_bytes(path.read_bytes())
 
     def _load_bytes(self, data: bytes) -> Callable[[str], list[int]]:

@@ -1,8 +1,9 @@
 """Grok-1 release checkpoint -> GGUF (llama.cpp's `grok` architecture), streaming.
 
-One checkpoint file is unpickled at a time; weights are dequantized and requantized in slices of
-rows (of one expert for the stacked experts) and appended to the output as they are made, so the
-314B model converts in a few GB of RAM. Output goes to OUT.part, renamed to OUT at the end."""
+One checkpoint file is unpickled at a time, its big arrays left in the file and read one expert (or
+a slice of rows) at a time; weights are dequantized, requantized and appended to the output as they
+are made, so the 314B model converts in well under 1 GB of RAM (429 MB measured for a full-width
+layer). Output goes to OUT.part, renamed to OUT at the end."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ class _CheckedReader(GGUFReader):
 
     def _get_field_parts(self, orig_offs: int, raw_type: int):
         """Arrays in bulk: gguf-py makes two numpy arrays per element, seconds for a 262k vocabulary.
-        A string array becomes one memoryview per string, a scalar array one ndarray."""
+        A string array becomes one str per string, a scalar array one ndarray."""
         if raw_type != GGUFValueType.ARRAY:
             return super()._get_field_parts(orig_offs, raw_type)
         itype = GGUFValueType(int(self._get(orig_offs, np.uint32)[0]))
@@ -74,8 +74,8 @@ class _CheckedReader(GGUFReader):
             if found is None:
                 raise GGUFError("a metadata string runs past the end of the file: truncated or corrupt")
             starts, lens, end = found
-            buf = memoryview(plain)
-            parts = [buf[a : a + b] for a, b in zip(starts, lens)]
+            buf = memoryview(plain)  # decoded right away: a memoryview per string would cost ~180 B each
+            parts = [str(buf[a : a + b], "utf-8", "surrogateescape") for a, b in zip(starts, lens)]
             return end - orig_offs, parts, list(range(n)), [GGUFValueType.ARRAY, itype]
         nptype = self.gguf_scalar_to_np.get(itype)
         if nptype is None:  # nested arrays: gguf-py's general path
@@ -112,8 +112,8 @@ def _field_value(field) -> Any:
         return None
     if field.types[0] == GGUFValueType.ARRAY:
         sub = field.types[-1]
-        if sub == GGUFValueType.STRING:
-            return [str(field.parts[i], "utf-8", "surrogateescape") for i in field.data]
+        if sub == GGUFValueType.STRING:  # decoded by _get_field_parts
+            return [field.parts[i] for i in field.data]
         return np.concatenate([field.parts[i] for i in field.data]) if field.data else np.array([])
     if field.types[0] == GGUFValueType.STRING:
         return bytes(field.parts[field.data[0]]).decode("utf-8", "surrogateescape")

@@ -291,13 +291,13 @@ static void route(const fl_layer *L, work_t *w, int64_t T) {
         for (int64_t e = 0; e < ne; e++) p[e] *= inv;
         float *g = w->wts + t * ne, gsum = 0.f;
         for (int64_t e = 0; e < ne; e++) g[e] = 0.f;
-        for (int64_t j = 0; j < k; j++) { /* j-th largest; ties to the lower index */
+        for (int64_t j = 0; j < k; j++) { /* j-th largest; ties (and NaNs) to the lower index */
             int64_t best = -1;
             for (int64_t e = 0; e < ne; e++)
-                if (p[e] >= 0.f && (best < 0 || p[e] > p[best])) best = e;
+                if (p[e] != -2.f && (best < 0 || p[e] > p[best])) best = e;
             g[best] = p[best];
             gsum += p[best];
-            p[best] = -1.f; /* taken */
+            p[best] = -2.f; /* taken: each expert at most once per token, so its list holds <= T */
             w->sel[best * T + w->cnt[best]++] = (int32_t)t;
         }
         if (L->expert_norm_w) {
