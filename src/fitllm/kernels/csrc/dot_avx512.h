@@ -43,6 +43,15 @@ void fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T) {
 ALWAYS_INLINE __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 ALWAYS_INLINE __m512 join_ps(float lo, float hi) { return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(lo), _mm512_set1_ps(hi)); }
 
+/* chunks c, c+1 of a K-quant block; Q4_K's pair shares one 32-byte load (low, high nibbles) */
+ALWAYS_INLINE __m512i pair_quants(const int type, const uint8_t *b, int c) {
+    if (type == FL_Q4_K) {
+        const __m256i v = load32(b + 16 + 16 * c), m = _mm256_set1_epi8(0x0f);
+        return join256(_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
+    }
+    return join256(chunk_quants(type, b, c), chunk_quants(type, b, c + 1));
+}
+
 /* K-quant block scales as vectors, per 16 elements: swall (scale) and mnv (offset). Q4_K/Q5_K unpack
  * their twelve 6-bit fields with word masks (as llama.cpp does), Q6_K's are plain int8; the rest
  * go through blk_scales. */
@@ -98,9 +107,9 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
         __m512 swall[4], mnv[4];
         for (int r = 0; r < R; r++) {
             const uint8_t *b = w + r * rb + i * bsz;
-            _mm_prefetch((const char *)(b + 2 * R * rb), _MM_HINT_T0);
+            /* the same blocks two tiles on, every cache line of them (a tile takes about one memory latency) */
+            for (int l = 0; l < step * bsz; l += 64) _mm_prefetch((const char *)(b + 2 * R * rb + l), _MM_HINT_T0);
             if (nch == 1) { /* d is the block's first fp16 field */
-                if (step == 2) _mm_prefetch((const char *)(b + 2 * R * rb + bsz), _MM_HINT_T0);
                 swall[r] = join_ps(h2f(b), h2f(b + bsz));
             } else {
                 kscales_z(type, b, sc[r], mn[r], &swall[r], &mnv[r]);
@@ -112,7 +121,7 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
             for (int r = 0; r < R; r++) {
                 const uint8_t *b = w + r * rb + i * bsz;
                 u[r] = nch == 1 ? join256(chunk_quants(type, b, 0), chunk_quants(type, b + bsz, 0))
-                                : join256(chunk_quants(type, b, c), chunk_quants(type, b, c + 1));
+                                : pair_quants(type, b, c);
                 sw[r] = nch == 1 ? swall[r] : _mm512_permutexvar_ps(_mm512_add_epi32(gidx, _mm512_set1_epi32(2 * c)), swall[r]);
             }
             for (int t = 0; t < C; t++) {
