@@ -61,7 +61,7 @@ int fl_get_rows(int type, const void *w, size_t w_bytes, int64_t nrows, int64_t 
     return FL_OK;
 }
 
-typedef void (*mm_q_fn)(int, const uint8_t *, size_t, int64_t, const fl_q8 *, int64_t, int64_t, int64_t, float *,
+typedef void (*mm_q_fn)(int, const uint8_t *, size_t, int64_t, const fl_q8 *, const void *, int64_t, int64_t, int64_t, float *,
                         int64_t);
 typedef void (*mm_f_fn)(int, const uint8_t *, size_t, int64_t, const float *, int64_t, int64_t, int64_t, float *,
                         int64_t);
@@ -91,13 +91,14 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
     const size_t rb = fl_row_bytes(type, ncols), ab = fl_act_row_bytes(kind, ncols);
     const int64_t nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     const int64_t ntask = nrt * ((T + TOKENS_PER_TASK - 1) / TOKENS_PER_TASK);
-    if (isa == FL_ISA_AVX512VNNI) fl_pack_vnni(kind >= FL_ACT_Q8_0 ? (const fl_q8 *)act : NULL, ncols / 32, T);
+    const uint8_t *pk = isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? fl_pack_vnni(act, ncols / 32, T) : NULL;
     for (int64_t k = ith; k < ntask; k += nth) {
         const int64_t r0 = (k % nrt) * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < nrows ? r0 + ROWS_PER_TASK : nrows;
         const int64_t t0 = (k / nrt) * TOKENS_PER_TASK, nt = T - t0 < TOKENS_PER_TASK ? T - t0 : TOKENS_PER_TASK;
         const uint8_t *a = (const uint8_t *)act + t0 * ab;
         if (kind >= FL_ACT_Q8_0)
-            MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, nt, r0, r1, y + t0 * ldy, ldy);
+            MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, pk ? pk + t0 * (ncols / 64) * FL_ZPACK_BYTES : NULL,
+                      nt, r0, r1, y + t0 * ldy, ldy);
         else
             MM_F[isa](type, w, rb, ncols, (const float *)a, nt, r0, r1, y + t0 * ldy, ldy);
         if (bias)

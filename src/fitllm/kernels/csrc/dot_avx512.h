@@ -14,30 +14,31 @@ typedef struct {
     float d[16];
 } zpack;
 
-static __thread zpack *ZP;              /* this thread's packed activations */
-static __thread size_t ZP_CAP;          /* their capacity, in zpacks */
-static __thread const fl_q8 *ZP_BASE;   /* the records they were packed from (NULL: none) */
+_Static_assert(sizeof(zpack) == FL_ZPACK_BYTES, "zpack layout");
 
-void fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T) {
-    ZP_BASE = NULL;
-    if (!a || nb32 % 2) return;
+static __thread zpack *ZP;     /* this thread's packed activations */
+static __thread size_t ZP_CAP; /* their capacity, in zpacks */
+
+const void *fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T) {
+    if (nb32 % 2) return NULL;
     const size_t n = (size_t)(T * nb32 / 2);
     if (n > ZP_CAP) {
         free(ZP);
         ZP = aligned_alloc(64, n * sizeof(zpack));
         ZP_CAP = ZP ? n : 0;
-        if (!ZP) return; /* the tiles fall back to tile_q */
+        if (!ZP) return NULL;
     }
+    zpack *zp = ZP;
     const __m512i ones = _mm512_set1_epi8(1);
     for (size_t p = 0; p < n; p++) {
         const fl_q8 *r = a + 2 * p;
         const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)r[0].q)),
                                              _mm256_loadu_si256((const __m256i *)r[1].q), 1);
-        _mm512_store_si512(ZP[p].q, q);
-        _mm512_store_si512(ZP[p].negsum, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, q)));
-        _mm512_store_ps(ZP[p].d, _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(r[0].d), _mm512_set1_ps(r[1].d)));
+        _mm512_store_si512(zp[p].q, q);
+        _mm512_store_si512(zp[p].negsum, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, q)));
+        _mm512_store_ps(zp[p].d, _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(r[0].d), _mm512_set1_ps(r[1].d)));
     }
-    ZP_BASE = a;
+    return zp;
 }
 
 ALWAYS_INLINE __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
@@ -151,9 +152,8 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
 
 /* rows [r0, r1) x C tokens in R-row tiles, then single rows */
 ALWAYS_INLINE void zrows(const int type, const int R, const int C, const uint8_t *w, size_t rb, int64_t nb32,
-                         const fl_q8 *a, int64_t nblk, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+                         const fl_q8 *a, const zpack *pk, int64_t nblk, int64_t r0, int64_t r1, float *y, int64_t ldy) {
     int64_t r = r0;
-    const zpack *pk = ZP + (a - ZP_BASE) / 2; /* a token's nb32 records make nb32 / 2 packs */
     for (; r + R <= r1; r += R) tile_z(type, R, C, w + r * rb, rb, a, pk, nb32, nblk, y + r, ldy);
     for (; r < r1; r++) tile_z(type, 1, C, w + r * rb, rb, a, pk, nb32, nblk, y + r, ldy);
 }

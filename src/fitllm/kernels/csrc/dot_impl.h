@@ -208,17 +208,18 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
  * result does not depend on the batch around it (cache = no cache, an MoE expert's tokens = dense). */
 #define RT 2
 #define CT (FL_VNNI ? 4 : 2)
-ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a, int64_t T_,
-                            int64_t r0, int64_t r1, float *y, int64_t ldy) {
+ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a,
+                            const void *pk, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
     const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
     int64_t t = 0, r;
 #if FL_VNNI
     /* tile_z takes blocks in pairs; Q4_1/Q5_1 (float mins per 32) are faster in tile_q */
-    if ((FL_TYPES[type].blck > 32 || nblk % 2 == 0) && type != FL_Q4_1 && type != FL_Q5_1 && ZP_BASE) {
-        for (; t + 16 <= T_; t += 16) zrows(type, 2, 16, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
-        for (; t + 8 <= T_; t += 8) zrows(type, 2, 8, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
-        for (; t + 4 <= T_; t += 4) zrows(type, 2, 4, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
-        for (; t < T_; t++) zrows(type, 4, 1, w, rb, nb32, a + t * nb32, nblk, r0, r1, y + t * ldy, ldy);
+    if ((FL_TYPES[type].blck > 32 || nblk % 2 == 0) && type != FL_Q4_1 && type != FL_Q5_1 && pk) {
+        const zpack *z = (const zpack *)pk; /* nb32 / 2 per token */
+        for (; t + 16 <= T_; t += 16) zrows(type, 2, 16, w, rb, nb32, a + t * nb32, z + t * (nb32 / 2), nblk, r0, r1, y + t * ldy, ldy);
+        for (; t + 8 <= T_; t += 8) zrows(type, 2, 8, w, rb, nb32, a + t * nb32, z + t * (nb32 / 2), nblk, r0, r1, y + t * ldy, ldy);
+        for (; t + 4 <= T_; t += 4) zrows(type, 2, 4, w, rb, nb32, a + t * nb32, z + t * (nb32 / 2), nblk, r0, r1, y + t * ldy, ldy);
+        for (; t < T_; t++) zrows(type, 4, 1, w, rb, nb32, a + t * nb32, z + t * (nb32 / 2), nblk, r0, r1, y + t * ldy, ldy);
         return;
     }
 #endif
@@ -334,7 +335,7 @@ ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, 
 
 /* one case per type so that dot_row_q is specialised with the type as a constant */
 #if FL_SIMD
-#define FL_MM_CASE(T) case T: mm_tiles(T, w, row_bytes, nb32, a, T_, r0, r1, y, ldy); break;
+#define FL_MM_CASE(T) case T: mm_tiles(T, w, row_bytes, nb32, a, pk, T_, r0, r1, y, ldy); break;
 #else
 #define FL_MM_CASE(T)                                                              \
     case T:                                                                        \
@@ -344,10 +345,11 @@ ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, 
         break;
 #endif
 
-void FL_PASTE(fl_mm_q_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes, int64_t nb32,
-                                   const fl_q8 *a, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+void FL_PASTE(fl_mm_q_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a,
+                                   const void *pk, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
     const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
     (void)nblk;
+    (void)pk;
     switch (type) {
         FL_MM_CASE(FL_Q4_0) FL_MM_CASE(FL_Q4_1) FL_MM_CASE(FL_Q5_0) FL_MM_CASE(FL_Q5_1)
         FL_MM_CASE(FL_Q8_0) FL_MM_CASE(FL_Q2_K) FL_MM_CASE(FL_Q3_K) FL_MM_CASE(FL_Q4_K)

@@ -68,13 +68,15 @@ static inline float fl_bf2f(uint16_t h) {
 int64_t fl_gguf_strings(const uint8_t *buf, size_t size, size_t off, int64_t n, int big_endian, int64_t *starts,
                         int64_t *lens);
 
-/* AVX-512: this thread's copy of a matmul's activations in the tiles' layout (fl_mm_part calls it) */
-void fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
+/* AVX-512: this thread's copy of a matmul's activations in the tiles' layout, FL_ZPACK_BYTES per token
+ * and 64 elements (fl_mm_part makes it); NULL when it cannot be made (the tiles then use tile_q). */
+#define FL_ZPACK_BYTES 192
+const void *fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 
 /* Per-ISA row kernels: y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1). */
 #define FL_DECLARE_ISA(sfx)                                                                       \
-    void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32,                \
-                       const fl_q8 *a, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
+    void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a,  \
+                       const void *pk, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
     void fl_mm_f_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t ncols,               \
                        const float *x, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
     float fl_dot_f16_##sfx(const uint16_t *a, const uint16_t *b, int64_t n);                    \
