@@ -140,10 +140,11 @@ class DecoderModel:
         mats = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}
         if self.is_moe(blk):
             mats.update(gate="ffn_gate_exps", up="ffn_up_exps", down="ffn_down_exps", gate_inp="ffn_gate_inp")
+            exps = getattr(blk, "ffn_gate_exps", None)  # missing: reported by the loop below
             common.update(
-                n_expert=hp.n_expert, n_expert_used=hp.n_expert_used, expert_norm_w=int(self.moe_norm_w)
+                n_expert=hp.n_expert, n_expert_used=hp.n_expert_used, n_ff=exps.n_out if exps else 0
             )
-            common["n_ff"] = getattr(blk, "ffn_gate_exps").n_out if hasattr(blk, "ffn_gate_exps") else 0
+            common["expert_norm_w"] = int(self.moe_norm_w)
         else:
             mats.update(gate="ffn_gate", up="ffn_up", down="ffn_down")
         for key, name in mats.items():
