@@ -1,5 +1,6 @@
-"""`fitllm run` / `fitllm info` as a user calls them."""
+"""`fitllm run` / `info` / `convert` as a user calls them."""
 
+import json
 import subprocess
 import sys
 
@@ -31,3 +32,21 @@ def test_info(smollm2_path):
     assert r.returncode == 0
     for want in ("architecture:  llama", "n_layer        30", "Q4_1", "Q8_0", "gpt2 (pre=smollm)"):
         assert want in r.stdout
+
+
+def test_convert_then_run(tmp_path):
+    from grok1_fixture import TINY_VOCAB, TOKENIZER, make_params, write_checkpoint
+
+    write_checkpoint(tmp_path / "grok", make_params({**TINY_VOCAB, "num_layers": 1}))
+    (tmp_path / "c.json").write_text(json.dumps({**TINY_VOCAB, "num_layers": 1}))
+    out = tmp_path / "g.gguf"
+    r = fitllm("convert", str(tmp_path / "grok" / "ckpt-0"), "-o", str(out), "--type", "q8_0",
+               "--tokenizer", str(TOKENIZER), "--config", str(tmp_path / "c.json"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "convert -> g.gguf" in r.stderr and "100%" in r.stderr  # the progress bar
+    r = fitllm("run", "-m", str(out), "-p", "The answer to life", "-n", "4", "--temp", "0")
+    assert r.returncode == 0 and r.stdout.startswith("The answer to life"), r.stderr
+    r = fitllm("info", str(out))
+    assert "architecture:  grok" in r.stdout
+    r = fitllm("convert", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.gguf"))
+    assert r.returncode == 1 and "no such checkpoint folder" in r.stderr
