@@ -4,8 +4,7 @@
 
 The model is grok1_fixture.TINY_VOCAB (the real 131,072-piece tokenizer, random weights, seed 0),
 converted by `fitllm convert --type f32` with the tokenizer embedded; llama-cpp-python 0.3.36
-(AMX off), n_threads=2, logits_all. The GGUF's sha256 is stored so the test can tell that it
-runs on the same file.
+(AMX off), n_threads=2, logits_all. The GGUF's sha256 is stored as a record of the file it saw.
 """
 
 import hashlib
