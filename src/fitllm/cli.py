@@ -69,6 +69,24 @@ def _convert(a: argparse.Namespace) -> None:
     convert_grok1(a.checkpoint, a.outfile, a.type, a.tokenizer, a.config, progress=not a.no_progress)
 
 
+def _plan(a: argparse.Namespace) -> None:
+    import os
+
+    from fitllm import plan as P
+    from fitllm.bench import memory_bandwidth_gbs
+
+    if bool(a.model) == bool(a.arch):
+        raise ValueError("plan: give a GGUF file or --arch NAME")
+    m = P.shape_of_gguf(a.model) if a.model else P.ARCHS[a.arch](a.quant)
+    hosts = P.parse_hosts(a.hosts) if a.hosts else [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    bw = P.parse_size(a.bandwidth, binary=False) if a.bandwidth else memory_bandwidth_gbs() * 1e9
+    net = (a.net_latency, P.parse_size(a.net_bandwidth, binary=False))
+    text, _ = P.plan(m, hosts, a.ctx_size, bw, *net)
+    print(text)
+    if a.arch:
+        print(P.suggest(a.arch, hosts, a.ctx_size, bw, *net))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fitllm", description="Run GGUF language models on the CPU.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -117,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", help="JSON object with run.py's fields (default: Grok-1's config)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_convert)
+
+    pl = sub.add_parser("plan", help="memory per host, split and decode speed, before loading a model")
+    pl.add_argument("model", nargs="?", help="a GGUF file (or use --arch)")
+    pl.add_argument("--arch", choices=["grok-1"], help="a known architecture with its real shapes")
+    pl.add_argument("--quant", default="q8_0", help="the quantization for --arch (as fitllm convert --type)")
+    pl.add_argument("-c", "--ctx-size", type=int, default=8192)
+    pl.add_argument("--hosts", help="memory per host: 4x64G or 64G,32G (default: this machine)")
+    pl.add_argument("--bandwidth", help="memory read bandwidth per host, e.g. 100G (default: measured)")
+    pl.add_argument("--net-latency", type=float, default=50e-6, help="seconds per message (default 50e-6)")
+    pl.add_argument("--net-bandwidth", default="1.25G", help="bytes/s between hosts (default 1.25G: 10 GbE)")
+    pl.set_defaults(func=_plan)
     return p
 
 

@@ -1,0 +1,220 @@
+"""`fitllm plan`: what a model needs and how it splits over hosts, before anything is loaded.
+
+Weight bytes come from the real tensor shapes and the block sizes of their types (a GGUF file's
+table, or Grok-1's shapes at a chosen quantization, as `fitllm convert` would write them); the KV
+cache from the context length; decode speed from the bytes one token reads over the memory
+bandwidth, plus the network for split runs. Splits: pipeline (contiguous layers per host, balanced
+by bytes in proportion to each host's memory) and tensor (every layer split in proportion)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from gguf import GGMLQuantizationType as Q
+
+OVERHEAD = 600 << 20  # interpreter, libraries, work buffers: bytes per host
+_PREFIX = "KMGT"
+
+
+def parse_size(text: str, binary: bool = True) -> int:
+    """'64G', '512M', '1.5T', '123' -> bytes; binary units (GiB) for memory, decimal for rates."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 64G, 512M)")
+    p = _PREFIX.find(m.group(2).upper()) + 1
+    return int(float(m.group(1)) * (1024 if binary else 1000) ** p)
+
+
+def parse_hosts(text: str) -> list[int]:
+    """'4x64G' or '64G,32G,32G' -> memory per host in bytes."""
+    hosts: list[int] = []
+    for part in text.split(","):
+        n, _, size = part.strip().rpartition("x")
+        hosts += [parse_size(size)] * (int(n) if n else 1)
+    if not hosts:
+        raise ValueError("no hosts given")
+    return hosts
+
+
+@dataclass
+class ModelShape:
+    """What the plan needs of a model: tensor bytes by name and type, and the attention sizes."""
+
+    name: str
+    tensors: dict[str, tuple[int, int]]  # name -> (ggml type, bytes)
+    n_layer: int
+    n_kv_heads: int
+    head_dim: int
+    n_embd: int
+    expert_share: float = 1.0  # share of the stacked experts a token reads (used / total)
+
+    def layer_of(self, name: str) -> int | None:
+        return int(name.split(".")[1]) if name.startswith("blk.") else None
+
+    def read_per_token(self) -> int:
+        return int(sum(b * (self.expert_share if "_exps" in n else 1) for n, (_, b) in self.tensors.items()))
+
+
+def shape_of_gguf(path: str) -> ModelShape:
+    from fitllm.gguf import GGUFFile
+
+    f = GGUFFile(path)
+    a = f.architecture
+    n_head = f.get(f"{a}.attention.head_count")
+    hd = f.get(f"{a}.attention.key_length", f.get(f"{a}.embedding_length") // n_head)
+    used, total = f.get(f"{a}.expert_used_count", 0), f.get(f"{a}.expert_count", 0)
+    return ModelShape(
+        name=f.get("general.name", path),
+        tensors={n: (t.ggml_type, t.nbytes) for n, t in f.tensors.items()},
+        n_layer=f.get(f"{a}.block_count"),
+        n_kv_heads=f.get(f"{a}.attention.head_count_kv", n_head),
+        head_dim=hd,
+        n_embd=f.get(f"{a}.embedding_length"),
+        expert_share=used / total if total else 1.0,
+    )
+
+
+def shape_of_grok1(quant: str) -> ModelShape:
+    """Grok-1's real shapes as `fitllm convert --type quant` writes them (tied output, no copy)."""
+    from fitllm.convert.grok1 import OUT_TYPES, gguf_shape, tensor_type
+    from fitllm.convert.grok1_checkpoint import Grok1Config, leaves
+    from fitllm.gguf.writer import tensor_nbytes
+
+    if quant not in OUT_TYPES:
+        raise ValueError(f"unknown quantization {quant!r} (choose from {', '.join(OUT_TYPES)})")
+    cfg = Grok1Config()
+    tensors = {}
+    for leaf in leaves(cfg):
+        t = tensor_type(leaf, OUT_TYPES[quant])
+        tensors[leaf.gguf_name + ".weight"] = (int(t), tensor_nbytes(gguf_shape(leaf), t))
+    share = cfg.num_selected_experts / cfg.num_experts
+    return ModelShape(
+        f"Grok-1 {quant}", tensors, cfg.num_layers, cfg.num_kv_heads, cfg.key_size, cfg.emb_size, share
+    )
+
+
+ARCHS = {"grok-1": shape_of_grok1}
+
+
+@dataclass
+class Split:
+    mode: str
+    layers: list[tuple[int, int]]  # per host: [first, last) layers (pipeline) or all (tensor)
+    weights: list[int]  # bytes per host
+    kv: list[int]
+    fits: list[bool] = field(default_factory=list)
+    tok_s: float = 0.0
+
+
+def kv_bytes(m: ModelShape, n_ctx: int, n_layers: int) -> int:
+    return 2 * n_layers * n_ctx * m.n_kv_heads * m.head_dim * 2  # K and V, fp16
+
+
+def pipeline_split(m: ModelShape, hosts: list[int], n_ctx: int) -> Split:
+    per_layer, shared = defaultdict(int), 0
+    for name, (_, b) in m.tensors.items():
+        layer = m.layer_of(name)
+        if layer is None:
+            shared += b
+        else:
+            per_layer[layer] += b
+    n, total = len(hosts), sum(per_layer.values())
+    cuts, acc, k = [0], 0, 0
+    for layer in range(m.n_layer):  # cut where the bytes so far pass each host's cumulative share
+        acc += per_layer[layer]
+        if (
+            k < n - 1
+            and acc >= total * sum(hosts[: k + 1]) / sum(hosts)
+            and m.n_layer - layer - 1 >= n - k - 1
+        ):
+            cuts.append(layer + 1)
+            k += 1
+    while len(cuts) < n:
+        cuts.append(m.n_layer)
+    cuts.append(m.n_layer)
+    layers = [(cuts[i], cuts[i + 1]) for i in range(n)]
+    # the embedding lives with the first layers and, as the tied output, with the last ones
+    weights = [sum(per_layer[x] for x in range(a, b)) for a, b in layers]
+    weights[0] += shared
+    if n > 1:
+        weights[-1] += shared
+    return Split("pipeline", layers, weights, [kv_bytes(m, n_ctx, b - a) for a, b in layers])
+
+
+def tensor_split(m: ModelShape, hosts: list[int], n_ctx: int) -> Split:
+    share = [h / sum(hosts) for h in hosts]
+    total = sum(b for _, b in m.tensors.values())
+    kv = kv_bytes(m, n_ctx, m.n_layer)
+    return Split(
+        "tensor", [(0, m.n_layer)] * len(hosts), [int(total * s) for s in share], [int(kv * s) for s in share]
+    )
+
+
+def estimate(
+    m: ModelShape, s: Split, hosts: list[int], bandwidth: float, latency: float, net_bw: float
+) -> None:
+    """Fill fits and tok/s: decode reads each host's share of the per-token bytes; a pipeline passes
+    one activation per boundary, tensor-parallel reduces two per layer over every host."""
+    s.fits = [w + kv + OVERHEAD <= h for w, kv, h in zip(s.weights, s.kv, hosts)]
+    total = sum(b for _, b in m.tensors.values())
+    read = m.read_per_token()
+    act = 4 * m.n_embd
+    n = len(hosts)
+    if s.mode == "pipeline":
+        compute = sum(w / total * read for w in s.weights) / bandwidth
+        net = (n - 1) * (latency + act / net_bw)
+    else:
+        compute = max(w / total * read for w in s.weights) / bandwidth
+        net = 0.0 if n == 1 else 2 * m.n_layer * (2 * latency + 2 * (n - 1) / n * act / net_bw)
+    s.tok_s = 1.0 / (compute + net)
+
+
+def by_type(m: ModelShape) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for t, b in m.tensors.values():
+        out[Q(t).name] += b
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _gb(b: float) -> str:
+    return f"{b / (1 << 30):.2f} GiB"
+
+
+def plan(
+    m: ModelShape, hosts: list[int], n_ctx: int, bandwidth: float, latency: float, net_bw: float
+) -> tuple[str, bool]:
+    """The plan as text, and whether some split fits."""
+    lines = [f"model {m.name}: {m.n_layer} layers, weights {_gb(sum(b for _, b in m.tensors.values()))}"]
+    lines += [f"  {t:<6} {_gb(b)}" for t, b in by_type(m).items()]
+    lines.append(f"KV cache for {n_ctx} tokens: {_gb(kv_bytes(m, n_ctx, m.n_layer))} (fp16)")
+    lines.append(f"read per decoded token: {_gb(m.read_per_token())}; overhead per host {_gb(OVERHEAD)}")
+    lines.append(
+        f"hosts: {', '.join(_gb(h) for h in hosts)}; memory bandwidth {bandwidth / 1e9:.0f} GB/s,"
+        f" network {latency * 1e6:.0f} us + {net_bw / 1e9:.2f} GB/s"
+    )
+    any_fits = False
+    for s in (pipeline_split(m, hosts, n_ctx), tensor_split(m, hosts, n_ctx)):
+        estimate(m, s, hosts, bandwidth, latency, net_bw)
+        ok = all(s.fits)
+        any_fits |= ok
+        lines.append(f"{s.mode} split: {'fits' if ok else 'does NOT fit'}, ~{s.tok_s:.2f} tok/s decode")
+        for i, ((a, b), w, kv, f_) in enumerate(zip(s.layers, s.weights, s.kv, s.fits)):
+            need = w + kv + OVERHEAD
+            lines.append(
+                f"  rank {i}: layers {a}-{b - 1}  weights {_gb(w)} + KV {_gb(kv)} = {_gb(need)}"
+                f" of {_gb(hosts[i])}{'' if f_ else '  <- too big'}"
+            )
+    return "\n".join(lines), any_fits
+
+
+def suggest(arch: str, hosts: list[int], n_ctx: int, bandwidth: float, latency: float, net_bw: float) -> str:
+    """The most precise quantization of a named architecture for which a split fits."""
+    from fitllm.convert.grok1 import OUT_TYPES
+
+    shapes = {q: ARCHS[arch](q) for q in OUT_TYPES}
+    for q in sorted(shapes, key=lambda q: -sum(b for _, b in shapes[q].tensors.values())):  # biggest first
+        if plan(shapes[q], hosts, n_ctx, bandwidth, latency, net_bw)[1]:
+            return f"suggested: --quant {q} (the largest that fits)"
+    return "suggested: none of the quantizations fits these hosts"

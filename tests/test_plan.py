@@ -1,0 +1,56 @@
+"""`fitllm plan`: bytes from real shapes, splits, fits."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fitllm import plan as P
+from fitllm.gguf import GGUFFile
+
+
+def test_sizes_and_hosts():
+    assert P.parse_hosts("4x64G") == [64 << 30] * 4
+    assert P.parse_hosts("64G,32G") == [64 << 30, 32 << 30]
+    assert P.parse_size("1.25G", binary=False) == 1_250_000_000
+    with pytest.raises(ValueError):
+        P.parse_size("lots")
+
+
+def test_grok1_bytes_from_real_shapes():
+    # Grok-1 (run.py): D 6144, F 32768, 48 x 128 query / 8 x 128 KV heads, 8 experts, vocab 131072, 64 layers
+    D, F, E, V, L = 6144, 32768, 8, 131072, 64
+    q4k = lambda n: n // 256 * 144  # noqa: E731
+    q8 = lambda n: n // 32 * 34  # noqa: E731
+    per_layer = q4k(3 * E * F * D) + q4k(2 * D * 6144 + 2 * 1024 * D) + 4 * (4 * D + E * D)
+    want = L * per_layer + q8(V * D) + 4 * D  # the tied embedding at 8 bits, output norm
+    m = P.shape_of_grok1("q4_k")
+    assert sum(b for _, b in m.tensors.values()) == want
+    assert m.read_per_token() < want / 3  # 2 of 8 experts per token
+
+
+def test_splits(smollm2_path):
+    m = P.shape_of_gguf(smollm2_path)
+    f = GGUFFile(smollm2_path)
+    total = sum(t.nbytes for t in f.tensors.values())
+    assert sum(b for _, b in m.tensors.values()) == total
+    hosts = [2 << 30, 1 << 30, 1 << 30]
+    pipe = P.pipeline_split(m, hosts, 2048)
+    assert pipe.layers[0][0] == 0 and pipe.layers[-1][1] == 30
+    assert all(a < b and b == c for (a, b), (c, _) in zip(pipe.layers, pipe.layers[1:]))
+    assert pipe.layers[0][1] - pipe.layers[0][0] > pipe.layers[1][1] - pipe.layers[1][0]  # bigger host, more
+    tens = P.tensor_split(m, hosts, 2048)
+    assert abs(sum(tens.weights) - total) <= 3
+    text, fits = P.plan(m, hosts, 2048, 20e9, 50e-6, 1.25e9)
+    assert fits and "pipeline split: fits" in text
+    text, fits = P.plan(m, [100 << 20], 2048, 20e9, 50e-6, 1.25e9)
+    assert not fits and "too big" in text
+
+
+def test_cli_suggests_a_quantization():
+    r = subprocess.run(
+        [sys.executable, "-m", "fitllm", "plan", "--arch", "grok-1", "--quant", "q4_k", "--hosts", "8x32G",
+         "--bandwidth", "50G"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Q4_K" in r.stdout and "tensor split: fits" in r.stdout and "suggested: --quant" in r.stdout
