@@ -54,3 +54,12 @@ def test_cli_suggests_a_quantization():
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "Q4_K" in r.stdout and "tensor split: fits" in r.stdout and "suggested: --quant" in r.stdout
+
+
+def test_run_refuses_a_model_bigger_than_memory(smollm2_path, monkeypatch):
+    from fitllm import Llama
+
+    monkeypatch.setattr(P, "machine_memory", lambda: 200 << 20)  # weights + overhead are ~690 MB
+    with pytest.raises(MemoryError, match="--mmap-stream"):
+        Llama(smollm2_path, verbose=False)
+    assert Llama(smollm2_path, verbose=False, mmap_stream=True).n_vocab() == 49152

@@ -33,12 +33,20 @@ class Llama:
         seed: int = LLAMA_DEFAULT_SEED,
         logits_all: bool = False,
         verbose: bool = True,
+        mmap_stream: bool = False,
         **_ignored: Any,
     ) -> None:
+        """mmap_stream: run a model bigger than this machine's memory from the page cache (slow);
+        without it such a model is refused up front (MemoryError) instead of being OOM-killed."""
         self.model_path = os.fspath(model_path)
         if n_threads:
             kernels.set_threads(n_threads)
         self._file = GGUFFile(self.model_path)
+        if not mmap_stream:
+            from fitllm.plan import check_fits, shape_of_gguf
+
+            ctx = n_ctx if n_ctx > 0 else self._file.get(f"{self._file.architecture}.context_length")
+            check_fits(shape_of_gguf(self._file), ctx)
         self._model = load_model(self._file)
         self._tok = GGUFTokenizer(self._file)
         self._n_ctx = n_ctx if n_ctx > 0 else self._model.hp.n_ctx_train

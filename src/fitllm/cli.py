@@ -25,6 +25,7 @@ def _run(a: argparse.Namespace) -> None:
         n_batch=a.batch_size,
         seed=a.seed if a.seed >= 0 else 0xFFFFFFFF,
         verbose=False,
+        mmap_stream=a.mmap_stream,
     )
     sampling = dict(
         temperature=a.temp,
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--color", action="store_true")
     r.add_argument("-i", "--interactive", action="store_true")
     r.add_argument("-r", "--reverse-prompt", action="append", default=[])
+    r.add_argument(
+        "--mmap-stream", action="store_true", help="run a model bigger than memory from disk (slow)"
+    )
     r.set_defaults(func=_run)
 
     i = sub.add_parser("info", help="architecture, hyper-parameters and tensor types of a GGUF file")
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="fitllm: %(message)s")
     try:
         a.func(a)
-    except (GGUFError, CheckpointError, ContextFullError, ValueError, FileNotFoundError) as e:
+    except (GGUFError, CheckpointError, ContextFullError, ValueError, FileNotFoundError, MemoryError) as e:
         print(f"fitllm: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

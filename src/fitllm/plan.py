@@ -57,16 +57,17 @@ class ModelShape:
         return int(sum(b * (self.expert_share if "_exps" in n else 1) for n, (_, b) in self.tensors.items()))
 
 
-def shape_of_gguf(path: str) -> ModelShape:
+def shape_of_gguf(f) -> ModelShape:
+    """From a GGUF file's tensor table (a path or an open GGUFFile)."""
     from fitllm.gguf import GGUFFile
 
-    f = GGUFFile(path)
+    f = f if isinstance(f, GGUFFile) else GGUFFile(f)
     a = f.architecture
     n_head = f.get(f"{a}.attention.head_count")
     hd = f.get(f"{a}.attention.key_length", f.get(f"{a}.embedding_length") // n_head)
     used, total = f.get(f"{a}.expert_used_count", 0), f.get(f"{a}.expert_count", 0)
     return ModelShape(
-        name=f.get("general.name", path),
+        name=f.get("general.name", str(f.path)),
         tensors={n: (t.ggml_type, t.nbytes) for n, t in f.tensors.items()},
         n_layer=f.get(f"{a}.block_count"),
         n_kv_heads=f.get(f"{a}.attention.head_count_kv", n_head),
@@ -218,3 +219,30 @@ def suggest(arch: str, hosts: list[int], n_ctx: int, bandwidth: float, latency: 
         if plan(shapes[q], hosts, n_ctx, bandwidth, latency, net_bw)[1]:
             return f"suggested: --quant {q} (the largest that fits)"
     return "suggested: none of the quantizations fits these hosts"
+
+
+def machine_memory() -> int:
+    """Bytes this process may use: physical memory, or the cgroup's limit when lower."""
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def check_fits(m: ModelShape, n_ctx: int, memory: int | None = None) -> None:
+    """Refuse, before loading, a model whose weights, KV cache and overhead exceed this machine."""
+    memory = machine_memory() if memory is None else memory
+    need = sum(b for _, b in m.tensors.values()) + kv_bytes(m, n_ctx, m.n_layer) + OVERHEAD
+    if need > memory:
+        raise MemoryError(
+            f"{m.name} needs {_gb(need)} (weights, KV cache for {n_ctx} tokens, overhead) but this machine"
+            f" has {_gb(memory)}: use a smaller quantization or context, split it over hosts (fitllm plan),"
+            " or pass --mmap-stream to run it from disk anyway (slow)"
+        )
