@@ -42,14 +42,13 @@ class Llama:
         if n_threads:
             kernels.set_threads(n_threads)
         self._file = GGUFFile(self.model_path)
+        self._n_ctx = n_ctx if n_ctx > 0 else self._file.get(f"{self._file.architecture}.context_length")
         if not mmap_stream:
             from fitllm.plan import check_fits, shape_of_gguf
 
-            ctx = n_ctx if n_ctx > 0 else self._file.get(f"{self._file.architecture}.context_length")
-            check_fits(shape_of_gguf(self._file), ctx)
+            check_fits(shape_of_gguf(self._file), self._n_ctx)
         self._model = load_model(self._file)
         self._tok = GGUFTokenizer(self._file)
-        self._n_ctx = n_ctx if n_ctx > 0 else self._model.hp.n_ctx_train
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._kv = self._model.new_cache(self._n_ctx)
         self.logits_all = logits_all

@@ -73,22 +73,15 @@ def memory_bandwidth_gbs(n_bytes: int = 1 << 28) -> float:
     return best / 1e9
 
 
-def bytes_per_token(f) -> int:
-    """Weight bytes a decode step reads: every tensor, but of the stacked experts only the used ones."""
-    a = f.architecture
-    used = f.get(f"{a}.expert_used_count", 0) / max(1, f.get(f"{a}.expert_count", 1))
-    return int(sum(t.nbytes * (used if "_exps" in name else 1) for name, t in f.tensors.items()))
-
-
 def run_bench(model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, vs_llamacpp: bool) -> str:
     engines = ENGINES if vs_llamacpp else ENGINES[:1]
     res: dict[str, list[dict]] = {e: [] for e in engines}
     for _ in range(rounds):
         for e in engines:
             res[e].append(_measure(e, model, threads, n_prompt, n_gen))
-    from fitllm.gguf import GGUFFile
+    from fitllm.plan import shape_of_gguf
 
-    weight_bytes = bytes_per_token(GGUFFile(model))
+    weight_bytes = shape_of_gguf(model).read_per_token()  # MoE: the used experts only
     bw = memory_bandwidth_gbs()
     ceiling = bw * 1e9 / weight_bytes
     lines = [

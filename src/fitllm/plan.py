@@ -50,6 +50,10 @@ class ModelShape:
     n_embd: int
     expert_share: float = 1.0  # share of the stacked experts a token reads (used / total)
 
+    @property
+    def weight_bytes(self) -> int:
+        return sum(b for _, b in self.tensors.values())
+
     def layer_of(self, name: str) -> int | None:
         return int(name.split(".")[1]) if name.startswith("blk.") else None
 
@@ -146,7 +150,7 @@ def pipeline_split(m: ModelShape, hosts: list[int], n_ctx: int) -> Split:
 
 def tensor_split(m: ModelShape, hosts: list[int], n_ctx: int) -> Split:
     share = [h / sum(hosts) for h in hosts]
-    total = sum(b for _, b in m.tensors.values())
+    total = m.weight_bytes
     kv = kv_bytes(m, n_ctx, m.n_layer)
     return Split(
         "tensor", [(0, m.n_layer)] * len(hosts), [int(total * s) for s in share], [int(kv * s) for s in share]
@@ -159,7 +163,7 @@ def estimate(
     """Fill fits and tok/s: decode reads each host's share of the per-token bytes; a pipeline passes
     one activation per boundary, tensor-parallel reduces two per layer over every host."""
     s.fits = [w + kv + OVERHEAD <= h for w, kv, h in zip(s.weights, s.kv, hosts)]
-    total = sum(b for _, b in m.tensors.values())
+    total = m.weight_bytes
     read = m.read_per_token()
     act = 4 * m.n_embd
     n = len(hosts)
@@ -187,7 +191,7 @@ def plan(
     m: ModelShape, hosts: list[int], n_ctx: int, bandwidth: float, latency: float, net_bw: float
 ) -> tuple[str, bool]:
     """The plan as text, and whether some split fits."""
-    lines = [f"model {m.name}: {m.n_layer} layers, weights {_gb(sum(b for _, b in m.tensors.values()))}"]
+    lines = [f"model {m.name}: {m.n_layer} layers, weights {_gb(m.weight_bytes)}"]
     lines += [f"  {t:<6} {_gb(b)}" for t, b in by_type(m).items()]
     lines.append(f"KV cache for {n_ctx} tokens: {_gb(kv_bytes(m, n_ctx, m.n_layer))} (fp16)")
     lines.append(f"read per decoded token: {_gb(m.read_per_token())}; overhead per host {_gb(OVERHEAD)}")
@@ -215,7 +219,7 @@ def suggest(arch: str, hosts: list[int], n_ctx: int, bandwidth: float, latency: 
     from fitllm.convert.grok1 import OUT_TYPES
 
     shapes = {q: ARCHS[arch](q) for q in OUT_TYPES}
-    for q in sorted(shapes, key=lambda q: -sum(b for _, b in shapes[q].tensors.values())):  # biggest first
+    for q in sorted(shapes, key=lambda q: -shapes[q].weight_bytes):  # biggest first
         if plan(shapes[q], hosts, n_ctx, bandwidth, latency, net_bw)[1]:
             return f"suggested: --quant {q} (the largest that fits)"
     return "suggested: none of the quantizations fits these hosts"
@@ -239,7 +243,7 @@ def machine_memory() -> int:
 def check_fits(m: ModelShape, n_ctx: int, memory: int | None = None) -> None:
     """Refuse, before loading, a model whose weights, KV cache and overhead exceed this machine."""
     memory = machine_memory() if memory is None else memory
-    need = sum(b for _, b in m.tensors.values()) + kv_bytes(m, n_ctx, m.n_layer) + OVERHEAD
+    need = m.weight_bytes + kv_bytes(m, n_ctx, m.n_layer) + OVERHEAD
     if need > memory:
         raise MemoryError(
             f"{m.name} needs {_gb(need)} (weights, KV cache for {n_ctx} tokens, overhead) but this machine"

@@ -132,6 +132,21 @@ def spm_model_proto(tokens: list[str], scores, types: np.ndarray) -> bytes:
     return b"".join(pieces) + _message(2, trainer) + _message(3, normalizer)
 
 
+def _hf_encoder(tok: Tokenizer) -> Callable[[str], list[int]]:
+    return lambda text: tok.encode(text, add_special_tokens=False).ids
+
+
+def _spm_encoder(model_proto: bytes) -> Callable[[str], list[int]]:
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(model_proto)
+    except RuntimeError as e:
+        raise GGUFError(f"the SentencePiece vocabulary cannot be loaded: {e}") from None
+    return sp.encode
+
+
 class GGUFTokenizer:
     def __init__(self, f: GGUFFile) -> None:
         self.kind = f.get("tokenizer.ggml.model")
@@ -193,37 +208,24 @@ class GGUFTokenizer:
             except Exception:  # a damaged cache entry is rebuilt
                 log.warning("rebuilding damaged tokenizer cache %s", path)
         if self.kind == "gpt2":
-            data = self._build_bpe(merges, pre).to_str().encode()
+            tok = self._build_bpe(merges, pre)
+            data, encode = tok.to_str().encode(), _hf_encoder(tok)
         else:
             data = spm_model_proto(self.tokens, self.scores, self.types)
+            encode = _spm_encoder(data)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_bytes(data)
             os.replace(tmp, path)
-            return self._load(path)
         except OSError as e:
             log.info("tokenizer cache not written: %s", e)
-            return self._load_bytes(data)
+        return encode
 
     def _load(self, path: Path) -> Callable[[str], list[int]]:
         if self.kind == "gpt2":  # from the file: no transient copies of a multi-MB JSON
-            tok = Tokenizer.from_file(str(path))
-            return lambda text: tok.encode(text, add_special_tokens=False).ids
-        return self._load_bytes(path.read_bytes())
-
-    def _load_bytes(self, data: bytes) -> Callable[[str], list[int]]:
-        if self.kind == "gpt2":
-            tok = Tokenizer.from_str(data.decode())
-            return lambda text: tok.encode(text, add_special_tokens=False).ids
-        import sentencepiece
-
-        sp = sentencepiece.SentencePieceProcessor()
-        try:
-            sp.LoadFromSerializedProto(data)
-        except RuntimeError as e:
-            raise GGUFError(f"the SentencePiece vocabulary cannot be loaded: {e}") from None
-        return sp.encode
+            return _hf_encoder(Tokenizer.from_file(str(path)))
+        return _spm_encoder(path.read_bytes())
 
     def _splitter(self, ids: list[int]) -> re.Pattern | None:
         if not ids:

@@ -11,17 +11,13 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter
+from gguf.quants import quant_shape_to_byte_shape
 
 
 def tensor_nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
-    """Bytes of a tensor of `shape` (numpy order) stored as ggml_type."""
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-    if shape[-1] % block:
-        raise ValueError(
-            f"rows of {shape[-1]} are not a whole number of {GGMLQuantizationType(ggml_type).name} blocks"
-        )
-    return int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block) * size
+    """Bytes of a tensor of `shape` (numpy order) stored as ggml_type (rows must be whole blocks)."""
+    return int(np.prod(quant_shape_to_byte_shape(shape, GGMLQuantizationType(ggml_type)), dtype=np.int64))
 
 
 class GGUFStreamWriter:
