@@ -98,6 +98,27 @@ def make_params(c: dict, seed: int = 0) -> dict[str, object]:
     return p
 
 
+def plant_bigrams(p: dict[str, object], c: dict, seed: int = 5) -> np.ndarray:
+    """Make layer 0's experts a key-value memory of a random bigram table, in place; returns the
+    successor of each token. A random model's logits are flat (top-2 gap ~0.2 sigma at 512 tokens,
+    so any rounding flips a few % of its top-1s, q8_0 94 %); a trained one is confident at most
+    positions, its FFNs storing such associations (Geva et al. 2021): the gate and up columns are
+    the unit embeddings of tokens (keys), the down rows those of their successors (values), with
+    random expert noise, and the attention output of that layer is scaled down so the key is seen."""
+    rng = np.random.default_rng(seed)
+    V, D, F, E = c["vocab_size"], c["emb_size"], ffn_size(c), c["num_experts"]
+    emb = p["language_model/in_out_embed/embeddings"]
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    succ, keys = rng.permutation(V), np.arange(F) % V
+    b = "transformer/decoder_layer_0/"
+    k = unit[keys].T + 0.3 * rng.standard_normal((E, D, F)) / np.sqrt(D)
+    p[b + "moe/linear/w"] = p[b + "moe/linear_v/w"] = _quantize(k.astype(np.float32), 1)
+    v = unit[succ[keys]] + 0.3 * rng.standard_normal((E, F, D)) / np.sqrt(F)
+    p[b + "moe/linear_1/w"] = _quantize(v.astype(np.float32), 8)
+    p[b + "rms_norm_1/scale"] = p[b + "rms_norm_1/scale"] * 0.5
+    return succ
+
+
 def write_checkpoint(root: Path, params: dict[str, object]) -> Path:
     """ckpt-0/tensor{i:05d}_000 per leaf, leaves in JAX's flattening order (sorted paths)."""
     d = root / "ckpt-0"
