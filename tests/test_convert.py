@@ -65,12 +65,13 @@ def test_bf16_logits_match_float64_spec(tiny):
     # BF16 weights are lossless here (the checkpoint's weights are bf16 products), but llama.cpp
     # rounds the activations of a BF16 matmul to bf16 (0.4 %): where the router's k-th and
     # (k+1)-th choices are that close, the rounding picks the expert and later tokens see it
-    # through attention. So: the typical token within 1e-2, and only near ties far off.
+    # through attention (measured: 0.4 % over the tokens without a 1 % tie, 1.5 % with them).
     ref, gap = oracle_logits(tiny[1], TINY, TOKS)
     got = logits(convert(tiny, "bf16"), TOKS)
-    err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
-    assert np.median(err) <= 1e-2
-    assert (err[gap > 0.05] <= 5e-2).all()
+    k = gap >= 0.01
+    assert k.mean() >= 0.8
+    assert np.linalg.norm(got[k] - ref[k]) / np.linalg.norm(ref[k]) <= 1e-2
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
 def test_quantized_files_agree_with_f32(tiny):
