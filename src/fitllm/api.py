@@ -34,20 +34,32 @@ class Llama:
         logits_all: bool = False,
         verbose: bool = True,
         mmap_stream: bool = False,
+        split_mode: int | str = "layer",
+        tensor_split: list[float] | None = None,
         **_ignored: Any,
     ) -> None:
         """mmap_stream: run a model bigger than this machine's memory from the page cache (slow);
-        without it such a model is refused up front (MemoryError) instead of being OOM-killed."""
+        without it such a model is refused up front (MemoryError) instead of being OOM-killed.
+
+        Under `mpirun -n N` the model is split over the N ranks: split_mode "layer" (1, pipeline)
+        or "tensor" (2, llama.cpp's "row"), tensor_split the ranks' shares (default: in
+        proportion to each host's memory). Rank 0 is the Llama to use; on the other ranks the
+        constructor serves rank 0 until it closes, then exits the process (SystemExit(0))."""
         self.model_path = os.fspath(model_path)
         if n_threads:
             kernels.set_threads(n_threads)
         self._file = GGUFFile(self.model_path)
         self._n_ctx = n_ctx if n_ctx > 0 else self._file.get(f"{self._file.architecture}.context_length")
-        if not mmap_stream:
-            from fitllm.plan import check_fits, shape_of_gguf
+        from fitllm.distributed import under_mpirun
 
-            check_fits(shape_of_gguf(self._file), self._n_ctx)
-        self._model = load_model(self._file)
+        if under_mpirun():
+            self._model = self._load_split(split_mode, tensor_split, mmap_stream)
+        else:
+            if not mmap_stream:
+                from fitllm.plan import check_fits, shape_of_gguf
+
+                check_fits(shape_of_gguf(self._file), self._n_ctx)
+            self._model = load_model(self._file)
         self._tok = GGUFTokenizer(self._file)
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._kv = self._model.new_cache(self._n_ctx)
@@ -60,6 +72,24 @@ class Llama:
             log.info(
                 "loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer
             )
+
+    def _load_split(self, split_mode: int | str, tensor_split: list[float] | None, mmap_stream: bool):
+        import atexit
+
+        from fitllm.distributed import load_split, parse_split_mode
+
+        model = load_split(self._file, self._n_ctx, parse_split_mode(split_mode), tensor_split, mmap_stream)
+        if model.comm.rank != 0:
+            model.serve()
+            raise SystemExit(0)
+        atexit.register(model.close)
+        return model
+
+    def close(self) -> None:
+        """Release the model; under mpirun, let the other ranks finish."""
+        close = getattr(self._model, "close", None)
+        if close:
+            close()
 
     # --- vocabulary -------------------------------------------------------------------------
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:

@@ -26,6 +26,8 @@ def _run(a: argparse.Namespace) -> None:
         seed=a.seed if a.seed >= 0 else 0xFFFFFFFF,
         verbose=False,
         mmap_stream=a.mmap_stream,
+        split_mode=a.split_mode,
+        tensor_split=[float(x) for x in a.split.split(",")] if a.split else None,
     )
     sampling = dict(
         temperature=a.temp,
@@ -45,6 +47,7 @@ def _run(a: argparse.Namespace) -> None:
         interactive=a.interactive or bool(a.reverse_prompt),
         reverse_prompts=a.reverse_prompt,
     )
+    llm.close()
 
 
 def _info(a: argparse.Namespace) -> None:
@@ -114,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--mmap-stream", action="store_true", help="run a model bigger than memory from disk (slow)"
     )
+    r.add_argument(
+        "--split-mode",
+        default="layer",
+        choices=["layer", "pipeline", "row", "tensor"],
+        help="under mpirun: layers per rank (layer, pipeline) or every layer split (row, tensor)",
+    )
+    r.add_argument(
+        "--split",
+        "--tensor-split",
+        help="under mpirun: the ranks' shares, e.g. 3,2,2 (default: their memory)",
+    )
     r.set_defaults(func=_run)
 
     i = sub.add_parser("info", help="architecture, hyper-parameters and tensor types of a GGUF file")
@@ -153,14 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _abort_job(message: str) -> None:
+    from mpi4py import MPI
+
+    print(f"fitllm rank {MPI.COMM_WORLD.Get_rank()}: {message}", file=sys.stderr, flush=True)
+    MPI.COMM_WORLD.Abort(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fitllm.distributed import DistributedError, under_mpirun
+
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="fitllm: %(message)s")
+    known = (GGUFError, CheckpointError, ContextFullError, ValueError, FileNotFoundError, MemoryError)
     try:
         a.func(a)
-    except (GGUFError, CheckpointError, ContextFullError, ValueError, FileNotFoundError, MemoryError) as e:
+    except (*known, DistributedError) as e:
+        if under_mpirun() and not isinstance(e, DistributedError):
+            _abort_job(f"error: {e}")  # the other ranks would wait for this one forever
         print(f"fitllm: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if under_mpirun():
+            _abort_job(f"{type(e).__name__}: {e}")
+        raise
     except KeyboardInterrupt:
         return 130
     return 0

@@ -117,34 +117,33 @@ def kv_bytes(m: ModelShape, n_ctx: int, n_layers: int) -> int:
     return 2 * n_layers * n_ctx * m.n_kv_heads * m.head_dim * 2  # K and V, fp16
 
 
-def pipeline_split(m: ModelShape, hosts: list[int], n_ctx: int) -> Split:
-    per_layer, shared = defaultdict(int), 0
+def pipeline_split(m: ModelShape, hosts: list[float], n_ctx: int) -> Split:
+    """Contiguous layers per host, cut where the bytes so far pass each host's cumulative share.
+    The output head (output norm and matrix, the embedding when tied) is with the last layers;
+    the first host looks embedding rows up by reading them, which keeps nothing resident."""
+    per_layer, head = defaultdict(int), 0
+    tied = "output.weight" not in m.tensors
     for name, (_, b) in m.tensors.items():
         layer = m.layer_of(name)
-        if layer is None:
-            shared += b
-        else:
+        if layer is not None:
             per_layer[layer] += b
-    n, total = len(hosts), sum(per_layer.values())
-    cuts, acc, k = [0], 0, 0
-    for layer in range(m.n_layer):  # cut where the bytes so far pass each host's cumulative share
+        elif name != "token_embd.weight" or tied:
+            head += b
+    n = len(hosts)
+    total = sum(per_layer.values()) + head
+    cuts, acc = [0], 0
+    for layer in range(m.n_layer - 1):
         acc += per_layer[layer]
-        if (
-            k < n - 1
-            and acc >= total * sum(hosts[: k + 1]) / sum(hosts)
-            and m.n_layer - layer - 1 >= n - k - 1
-        ):
+        k = len(cuts)  # the host being filled is k - 1; cut at the layer boundary nearest its share
+        target = total * sum(hosts[:k]) / sum(hosts)
+        if k < n and acc + per_layer[layer + 1] / 2 >= target and m.n_layer - layer - 1 >= n - k:
             cuts.append(layer + 1)
-            k += 1
-    while len(cuts) < n:
-        cuts.append(m.n_layer)
+    while len(cuts) < n:  # too few layers for a cut per host: one layer each from the end
+        cuts.append(cuts[-1] + 1)
     cuts.append(m.n_layer)
     layers = [(cuts[i], cuts[i + 1]) for i in range(n)]
-    # the embedding lives with the first layers and, as the tied output, with the last ones
     weights = [sum(per_layer[x] for x in range(a, b)) for a, b in layers]
-    weights[0] += shared
-    if n > 1:
-        weights[-1] += shared
+    weights[-1] += head
     return Split("pipeline", layers, weights, [kv_bytes(m, n_ctx, b - a) for a, b in layers])
 
 
@@ -226,8 +225,12 @@ def suggest(arch: str, hosts: list[int], n_ctx: int, bandwidth: float, latency: 
 
 
 def machine_memory() -> int:
-    """Bytes this process may use: physical memory, or the cgroup's limit when lower."""
+    """Bytes this process may use: physical memory, or the cgroup's limit when lower, or what
+    FITLLM_MEMORY says (e.g. 16G: to keep the rest of a shared host free)."""
     import os
+
+    if os.environ.get("FITLLM_MEMORY"):
+        return parse_size(os.environ["FITLLM_MEMORY"])
 
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):

@@ -29,6 +29,7 @@ class Tensor:
     ggml_type: int
     shape: tuple[int, ...]  # numpy order: (rows, cols) for a matrix
     data: np.ndarray  # raw bytes (uint8), a view of the mmapped file
+    offset: int = -1  # of data in the file
 
     @property
     def type_name(self) -> str:
@@ -149,7 +150,8 @@ class GGUFFile:
         for t in self._reader.tensors:
             raw = np.asarray(t.data).reshape(-1).view(np.uint8)
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            self.tensors[t.name] = Tensor(t.name, int(t.tensor_type), shape, raw)
+            self.tensors[t.name] = Tensor(t.name, int(t.tensor_type), shape, raw, int(t.data_offset))
+        self.data_offset = min((t.offset for t in self.tensors.values()), default=size)
         # the parsed parts (one object per vocabulary string) are no longer needed: ~100 MB for 262k
         self._reader.fields.clear()
         self._reader.tensors = []
@@ -170,6 +172,28 @@ class GGUFFile:
         if t is None and required:
             raise GGUFError(f"{self.path}: required tensor {name!r} is missing")
         return t
+
+    def read(self, t: Tensor, start: int = 0, n: int | None = None) -> np.ndarray:
+        """Bytes [start, start + n) of a tensor's data, read from the file into a new array: what is
+        read this way does not count in this process's resident memory, unlike touching the mmap."""
+        n = t.nbytes - start if n is None else n
+        if start < 0 or n < 0 or start + n > t.nbytes:
+            raise ValueError(f"{t.name}: bytes [{start}, {start + n}) outside its {t.nbytes}")
+        out = np.empty(n, np.uint8)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(t.offset + start)
+            if f.readinto(memoryview(out)) != n:
+                raise GGUFError(f"{self.path}: short read in tensor {t.name}")
+        return out
+
+    def header_hash(self) -> str:
+        """sha256 of the header (metadata and tensor table) and the file size: which model it is."""
+        import hashlib
+
+        with open(self.path, "rb") as f:
+            h = hashlib.sha256(f.read(self.data_offset))
+        h.update(str(os.path.getsize(self.path)).encode())
+        return h.hexdigest()
 
     def check_supported(self) -> None:
         for t in self.tensors.values():

@@ -43,7 +43,7 @@ def _load() -> ctypes.CDLL:
     lib.fl_layer_work_bytes.restype = sz
     lib.fl_gguf_strings.argtypes = [p, sz, sz, i64, i32, p, p]
     lib.fl_gguf_strings.restype = i64
-    lib.fl_layer_forward.argtypes = [p, p, p, i64, p, i64, i64, i64, p, sz, i32]
+    lib.fl_layer_forward.argtypes = [p, p, p, i64, p, i64, i64, i64, p, i32, p, sz, i32]
     return lib
 
 
@@ -195,6 +195,8 @@ _LAYER_MATS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 _LAYER_MOE_INTS = ("n_expert", "n_expert_used", "expert_norm_w")
+_LAYER_SHARD_INTS = ("head0", "n_group")  # a tensor-parallel shard's heads (distributed/tensor_parallel.py)
+STAGE_ALL, STAGE_ATTN, STAGE_FFN, STAGE_DONE = range(4)
 
 
 class LayerSpec(ctypes.Structure):
@@ -207,6 +209,7 @@ class LayerSpec(ctypes.Structure):
         + [(n, Mat) for n in _LAYER_MATS]
         + [(n, ctypes.c_int64) for n in _LAYER_MOE_INTS]
         + [("gate_inp", Mat)]
+        + [(n, ctypes.c_int64) for n in _LAYER_SHARD_INTS]
     )
 
 
@@ -225,7 +228,7 @@ def layer_spec(**kw) -> LayerSpec:
     spec.keep = kw  # the arrays must outlive the spec
     for n in _LAYER_INTS + _LAYER_FLOATS:
         setattr(spec, n, kw[n])
-    for n in _LAYER_MOE_INTS:
+    for n in _LAYER_MOE_INTS + _LAYER_SHARD_INTS:
         setattr(spec, n, kw.get(n, 0))
     for n in _LAYER_VECS:
         setattr(spec, n, _ptr(kw.get(n)))
@@ -243,13 +246,23 @@ _work = np.empty(0, np.uint8)
 
 
 def layer_forward(
-    spec: LayerSpec, kc: np.ndarray, vc: np.ndarray, x: np.ndarray, pos0: int, n_out: int | None = None
+    spec: LayerSpec,
+    kc: np.ndarray,
+    vc: np.ndarray,
+    x: np.ndarray,
+    pos0: int,
+    n_out: int | None = None,
+    y: np.ndarray | None = None,
+    stage: int = STAGE_ALL,
 ) -> None:
     """x (T, n_embd) <- the block applied in place; kc/vc: this layer's fp16 caches (n_ctx, n_kv, hd).
-    n_out: only the last n_out rows get the feed-forward half (default: all)."""
+    n_out: only the last n_out rows get the feed-forward half (default: all). A tensor-parallel
+    shard runs STAGE_ATTN, STAGE_FFN, STAGE_DONE, summing y (T, n_embd) over the shards between them."""
     global _work
     assert x.dtype == np.float32 and x.flags.c_contiguous and kc.dtype == vc.dtype == np.float16
     T, n_ctx = x.shape[0], kc.shape[0]
+    if y is not None:
+        assert y.dtype == np.float32 and y.flags.c_contiguous and y.shape == x.shape
     need = _lib.fl_layer_work_bytes(ctypes.byref(spec), T, n_ctx, _threads)
     if _work.nbytes < need:
         _work = np.empty(need, np.uint8)
@@ -262,6 +275,8 @@ def layer_forward(
         T,
         pos0,
         T if n_out is None else n_out,
+        None if y is None else y.ctypes.data,
+        stage,
         _work.ctypes.data,
         _work.nbytes,
         _threads,

@@ -87,8 +87,8 @@ class DecoderModel:
                 raise GGUFError(f"{self.file.path}: tensor {name} is beyond block_count {self.hp.n_layer}")
             owner, parts = self.blk[idx], parts[2:]
         attr, kind = parts[0], parts[-1]
-        if len(t.shape) == 1:  # norms and biases are small f32 vectors
-            vec = kernels.dequantize(t.ggml_type, t.data, 1, t.shape[0])[0]
+        if len(t.shape) == 1:  # norms and biases: small f32 vectors, read (the mmap's pages stay untouched)
+            vec = kernels.dequantize(t.ggml_type, self.file.read(t), 1, t.shape[0])[0]
             if kind == "bias":
                 lin = getattr(owner, attr, None)
                 if lin is None:  # bias met before its weight: keep it until then

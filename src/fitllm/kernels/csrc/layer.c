@@ -11,6 +11,8 @@
 #include <string.h>
 #include "fitllm.h"
 
+enum { FL_STAGE_ALL = 0, FL_STAGE_ATTN = 1, FL_STAGE_FFN = 2, FL_STAGE_DONE = 3 };
+
 typedef struct {
     const void *data;
     int64_t nbytes, type, nrows, ncols;
@@ -25,6 +27,9 @@ typedef struct {
     fl_mat q, k, v, o, gate, up, down; /* MoE: gate/up/down hold every expert, stacked by rows */
     int64_t n_expert, n_expert_used, expert_norm_w; /* n_expert 0: a dense FFN */
     fl_mat gate_inp;                                /* the router, (n_expert, n_embd) */
+    /* a tensor-parallel shard holds heads [head0, head0 + n_head) of a model whose query heads share
+     * a key/value head n_group at a time (0: n_head / n_head_kv, the whole model) */
+    int64_t head0, n_group;
 } fl_layer;
 
 static uint16_t GELU_F16[65536];
@@ -91,7 +96,10 @@ size_t fl_layer_work_bytes(const fl_layer *L, int64_t T, int64_t n_ctx, int nthr
 static int layer_check(const fl_layer *L, int64_t T, int64_t pos0, int64_t n_ctx) {
     const int64_t E = L->n_embd, hd = L->head_dim, nq = L->n_head * hd, nkv = L->n_head_kv * hd;
     if (T <= 0 || pos0 < 0 || pos0 + T > n_ctx) return FL_ESIZE;
-    if (L->n_head <= 0 || L->n_head_kv <= 0 || L->n_head % L->n_head_kv || hd <= 0 || hd % 2) return FL_ESIZE;
+    if (L->n_head <= 0 || L->n_head_kv <= 0 || hd <= 0 || hd % 2 || L->head0 < 0 || L->n_group < 0) return FL_ESIZE;
+    if (L->n_group ? (L->head0 + L->n_head - 1) / L->n_group - L->head0 / L->n_group + 1 != L->n_head_kv
+                   : L->n_head % L->n_head_kv)
+        return FL_ESIZE;
     if (L->n_rot < 0 || L->n_rot > hd || L->n_rot % 2 || !L->attn_norm || !L->ffn_norm) return FL_ESIZE;
     if (!mat_ok(&L->q, nq, E) || !mat_ok(&L->k, nkv, E) || !mat_ok(&L->v, nkv, E) || !mat_ok(&L->o, E, nq))
         return FL_ESIZE;
@@ -172,14 +180,15 @@ static void qk_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, uint1
 /* Causal (optionally windowed) attention for each (token, head) over the cache. */
 static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, const uint16_t *kc,
                       const uint16_t *vc, int ith, int nth) {
-    const int64_t hd = L->head_dim, H = L->n_head, Hkv = L->n_head_kv, grp = H / Hkv;
+    const int64_t hd = L->head_dim, H = L->n_head, Hkv = L->n_head_kv, h0 = L->head0;
+    const int64_t grp = L->n_group ? L->n_group : H / Hkv;
     float *s = w->scr + ith * w->scr_floats, *acc = s + 2 * (pos0 + T) + 8;
     uint16_t *q16 = (uint16_t *)(acc + hd), *p16 = (uint16_t *)(s + (pos0 + T));
     const float scale = (float)L->kq_scale, cap = (float)L->attn_softcap, capscale = cap > 0.f ? scale / cap : 0.f;
     const fl_dot_f16_fn dot = fl_dot_f16_kernel();
     const fl_axpy_f16_fn axpy = fl_axpy_f16_kernel();
     for (int64_t k = ith; k < T * H; k += nth) {
-        const int64_t t = k / H, h = k % H, g = h / grp, pos = pos0 + t;
+        const int64_t t = k / H, h = k % H, g = (h0 + h) / grp - h0 / grp, pos = pos0 + t;
         const int64_t lo = L->window > 0 && pos - L->window + 1 > 0 ? pos - L->window + 1 : 0;
         const float *q = w->q + (t * H + h) * hd;
         for (int64_t d = 0; d < hd; d++) q16[d] = fl_f2h(q[d]);
@@ -216,8 +225,10 @@ static void residual(const fl_layer *L, float *x, const float *y, float *tmp, co
     }
 }
 
+/* y NULL: x += the block's output; else y = the output projection, before any norm or residual (a
+ * tensor-parallel shard's part of the sum) */
 static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, int64_t pos0, uint16_t *kc,
-                            uint16_t *vc, int ith, int nth) {
+                            uint16_t *vc, float *y, int ith, int nth) {
     const void *acts[3];
     for (int64_t t = ith; t < T; t += nth) {
         rope_row(w->rope + t * L->n_rot, pos0 + t, L->n_rot, (float)L->rope_base);
@@ -238,7 +249,8 @@ static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, i
     const fl_mat *o[1] = {&L->o};
     prepare(o, 1, w->att, T, L->n_head * L->head_dim, w, acts, ith, nth);
 #pragma omp barrier
-    mm(&L->o, acts[0], T, w->tmp, ith, nth);
+    mm(&L->o, acts[0], T, y ? y : w->tmp, ith, nth);
+    if (y) return;
 #pragma omp barrier
     residual(L, x, w->tmp, w->tmp, L->post_attn_norm, L->ffn_norm, w->h, T, ith, nth);
 }
@@ -338,33 +350,50 @@ static void moe(const fl_layer *L, work_t *w, const float *h, int64_t T, float *
     }
 }
 
-/* the feed-forward half for the last n tokens of x (the others' outputs are not wanted) */
-static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int64_t n, int ith, int nth) {
+/* the feed-forward half for the last n tokens of x (the others' outputs are not wanted); y as in
+ * attention_block (its last n rows) */
+static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int64_t n, float *y, int ith, int nth) {
     const int64_t E = L->n_embd;
     const float *h = w->h + (T - n) * E;
-    if (L->n_expert) moe(L, w, h, n, w->tmp, ith, nth);
-    else ffn(L, &L->gate, &L->up, &L->down, w, h, n, w->tmp, ith, nth);
-    residual(L, x + (T - n) * E, w->tmp, w->tmp, L->post_ffn_norm, NULL, NULL, n, ith, nth);
+    float *out = y ? y + (T - n) * E : w->tmp;
+    if (L->n_expert) moe(L, w, h, n, out, ith, nth);
+    else ffn(L, &L->gate, &L->up, &L->down, w, h, n, out, ith, nth);
+    if (!y) residual(L, x + (T - n) * E, w->tmp, w->tmp, L->post_ffn_norm, NULL, NULL, n, ith, nth);
 }
 
 /* x (T, n_embd) <- the block applied to x, tokens at positions pos0.. ; kc, vc: fp16 (n_ctx, n_head_kv,
  * head_dim) caches of this layer. Only the last n_out rows of x go through the feed-forward half
  * (the last layer: every token's keys and values are cached, only the logits' rows need the rest);
- * the other rows are left after attention. work: fl_layer_work_bytes(L, T, n_ctx, nthreads) bytes. */
+ * the other rows are left after attention. work: fl_layer_work_bytes(L, T, n_ctx, nthreads) bytes.
+ * stage FL_STAGE_ALL runs the block; a tensor-parallel shard runs it in three calls, the caller
+ * summing y (T, n_embd) over the shards between them: ATTN (y = attention output), FFN (x += post
+ * norm of the summed y; y = feed-forward output of the last n_out rows), DONE (x += its post norm). */
 int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ctx, float *x, int64_t T,
-                     int64_t pos0, int64_t n_out, void *work, size_t work_bytes, int nthreads) {
+                     int64_t pos0, int64_t n_out, float *y, int stage, void *work, size_t work_bytes,
+                     int nthreads) {
     int rc = layer_check(L, T, pos0, n_ctx);
     if (rc) return rc;
-    if (n_out < 1 || n_out > T) return FL_ESIZE;
+    if (n_out < 1 || n_out > T || stage < FL_STAGE_ALL || stage > FL_STAGE_DONE || (stage && !y)) return FL_ESIZE;
     if (nthreads < 1) nthreads = 1;
     work_t w;
     if (!kc || !vc || !work || work_bytes < work_layout(L, T, n_ctx, nthreads, (uint8_t *)work, &w)) return FL_ESIZE;
+    const int64_t E = L->n_embd, d = T - n_out;
 #pragma omp parallel num_threads(nthreads)
     {
         const int ith = omp_get_thread_num(), nth = omp_get_num_threads();
-        attention_block(L, &w, x, T, pos0, kc, vc, ith, nth);
+        if (stage == FL_STAGE_ALL) {
+            attention_block(L, &w, x, T, pos0, kc, vc, NULL, ith, nth);
 #pragma omp barrier
-        ffn_block(L, &w, x, T, n_out, ith, nth);
+            ffn_block(L, &w, x, T, n_out, NULL, ith, nth);
+        } else if (stage == FL_STAGE_ATTN) {
+            attention_block(L, &w, x, T, pos0, kc, vc, y, ith, nth);
+        } else if (stage == FL_STAGE_FFN) {
+            residual(L, x, y, w.tmp, L->post_attn_norm, L->ffn_norm, w.h, T, ith, nth);
+#pragma omp barrier
+            ffn_block(L, &w, x, T, n_out, y, ith, nth);
+        } else {
+            residual(L, x + d * E, y + d * E, w.tmp, L->post_ffn_norm, NULL, NULL, n_out, ith, nth);
+        }
     }
     return FL_OK;
 }

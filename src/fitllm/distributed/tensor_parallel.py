@@ -1,0 +1,226 @@
+"""Tensor-parallel split (speed): every rank holds a slice of every layer.
+
+Rank r gets query heads [h0, h1) with the key/value heads they use (a KV head is repeated on two
+ranks when its group straddles them, so any rank count works), the attention output's matching
+columns, rows [f0, f1) of each feed-forward (every expert's, for MoE; the router is replicated)
+with the down projection's matching columns, and rows [v0, v1) of the output head. Slices are in
+proportion to the ranks' shares, cut on the weights' block boundaries. A layer is three compiled
+calls with a sum over the ranks (MPI allreduce) of the attention output and of the feed-forward
+output between them; the logits' slices are gathered on rank 0. Rows of a tensor are mmapped
+views (touched only by their owner); column slices are read from the file into a copy."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+
+from fitllm import kernels
+from fitllm.distributed.comm import Comm, DistributedError
+from fitllm.gguf import GGUFFile, Tensor
+from fitllm.kv_cache import KVCache
+from fitllm.models.base import DecoderModel
+from fitllm.models.layers import Linear
+from fitllm.models.moe import Experts
+
+CMD_STOP, CMD_FORWARD, CMD_CACHE = 0, 1, 2
+BLOCK = {0: 1, 1: 1, 30: 1, 2: 32, 3: 32, 6: 32, 7: 32, 8: 32, 10: 256, 11: 256, 12: 256, 13: 256, 14: 256}
+
+
+def cuts(n: int, shares: list[float], unit: int = 1) -> list[int]:
+    """Boundaries 0 = c0 < c1 < ... < cN = n in proportion to shares, on multiples of unit."""
+    total, out, acc = sum(shares), [0], 0.0
+    for s in shares[:-1]:
+        acc += s
+        c = int(round(n * acc / total / unit)) * unit
+        out.append(min(max(c, out[-1] + unit), n))
+    out.append(n)
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise DistributedError(f"cannot give each of {len(shares)} ranks a part of {n} (in steps of {unit})")
+    return out
+
+
+def read_rows(f: GGUFFile, t: Tensor, ranges: list[tuple[int, int]], cols: tuple[int, int]) -> np.ndarray:
+    """Rows [a, b) for each range, columns [c0, c1), of a 2-D view of t, read from the file."""
+    ncols = t.shape[-1]
+    rb = kernels.row_bytes(t.ggml_type, ncols)
+    b0, b1 = (kernels.row_bytes(t.ggml_type, c) for c in cols)
+    n = sum(b - a for a, b in ranges)
+    out = np.empty((n, b1 - b0), np.uint8)
+    at, step = 0, max(1, (32 << 20) // rb)
+    for a, b in ranges:
+        for r in range(a, b, step):
+            k = min(step, b - r)
+            out[at : at + k] = f.read(t, r * rb, k * rb).reshape(k, rb)[:, b0:b1]
+            at += k
+    return out.reshape(-1)
+
+
+def row_view(f: GGUFFile, t: Tensor, a: int, b: int) -> Tensor:
+    """Rows [a, b) of t, mapped on their own: a fault in the file's whole mapping would also map
+    the neighbouring pages that are in the page cache (the kernel's fault-around, 64 KiB), which
+    are other ranks' rows."""
+    rb = kernels.row_bytes(t.ggml_type, t.shape[-1])
+    data = np.memmap(f.path, np.uint8, "r", offset=t.offset + a * rb, shape=((b - a) * rb,))
+    return Tensor(t.name, t.ggml_type, (b - a, t.shape[-1]), data, t.offset + a * rb)
+
+
+class FileRows:
+    """An embedding looked up by reading its rows from the file (the mmap stays untouched)."""
+
+    def __init__(self, f: GGUFFile, t: Tensor) -> None:
+        self.f, self.t = f, t
+        self.rb = kernels.row_bytes(t.ggml_type, t.shape[1])
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        raw = np.concatenate([self.f.read(self.t, int(i) * self.rb, self.rb) for i in ids])
+        return kernels.dequantize(self.t.ggml_type, raw, len(ids), self.t.shape[1])
+
+
+class Shard:
+    """Rank r's slices of the model: heads, feed-forward rows, vocabulary rows."""
+
+    def __init__(self, model: DecoderModel, shares: list[float], rank: int) -> None:
+        hp, f = model.hp, model.file
+        n = len(shares)
+        if n > hp.n_head:
+            raise DistributedError(
+                f"{n} ranks but the model has {hp.n_head} attention heads: use at most that many"
+            )
+        o_block = max(BLOCK[b.attn_output.weight.ggml_type] for b in model.blk)
+        unit = int(np.lcm(hp.head_dim, o_block) // hp.head_dim)
+        self.heads = cuts(hp.n_head, shares, unit)
+        self.grp = hp.n_head // hp.n_head_kv
+        ff = [self._ffn(b) for b in model.blk]
+        down_block = max(BLOCK[d.weight.ggml_type] for d, _ in ff)
+        self.n_ff = ff[0][1]
+        self.ffs = cuts(self.n_ff, shares, down_block)
+        self.vocab = cuts(hp.n_vocab, shares)
+        self.rank, self.f, self.bytes, self.copied = rank, f, 0, 0  # copied: read, not mapped
+
+    @staticmethod
+    def _ffn(blk: SimpleNamespace):
+        d = getattr(blk, "ffn_down_exps", None) or blk.ffn_down
+        return d, d.n_in
+
+    def kv_range(self) -> tuple[int, int]:
+        h0, h1 = self.heads[self.rank], self.heads[self.rank + 1]
+        return h0 // self.grp, (h1 - 1) // self.grp + 1
+
+    def _rows(self, lin: Linear, a: int, b: int) -> Linear:
+        t = row_view(self.f, lin.weight, a, b)
+        self.bytes += t.nbytes
+        return Linear(t, None if lin.bias is None else lin.bias[a:b])
+
+    def _cols(self, lin: Linear | Experts, c0: int, c1: int, keep_bias: bool) -> Linear | Experts:
+        w = lin.weight
+        rows = int(np.prod(w.shape[:-1]))
+        data = read_rows(self.f, w, [(0, rows)], (c0, c1))
+        self.bytes += data.nbytes
+        self.copied += data.nbytes
+        t = Tensor(w.name, w.ggml_type, (*w.shape[:-1], c1 - c0), data)
+        if isinstance(lin, Experts):
+            return Experts(t)
+        return Linear(t, lin.bias if keep_bias else None)
+
+    def _expert_rows(self, ex: Experts, a: int, b: int) -> Experts:
+        E, F, D = ex.weight.shape
+        data = read_rows(self.f, ex.weight, [(e * F + a, e * F + b) for e in range(E)], (0, D))
+        self.bytes += data.nbytes
+        self.copied += data.nbytes
+        return Experts(Tensor(ex.weight.name, ex.weight.ggml_type, (E, b - a, D), data))
+
+    def block(self, blk: SimpleNamespace) -> SimpleNamespace:
+        hd, r = blk.attn_q.n_out // (self.heads[-1]), self.rank
+        h0, h1 = self.heads[r], self.heads[r + 1]
+        g0, g1 = self.kv_range()
+        f0, f1 = self.ffs[r], self.ffs[r + 1]
+        out = SimpleNamespace(**vars(blk))
+        out.attn_q = self._rows(blk.attn_q, h0 * hd, h1 * hd)
+        out.attn_k = self._rows(blk.attn_k, g0 * hd, g1 * hd)
+        out.attn_v = self._rows(blk.attn_v, g0 * hd, g1 * hd)
+        out.attn_output = self._cols(blk.attn_output, h0 * hd, h1 * hd, keep_bias=r == 0)
+        if hasattr(blk, "ffn_down_exps"):
+            out.ffn_gate_exps = self._expert_rows(blk.ffn_gate_exps, f0, f1)
+            out.ffn_up_exps = self._expert_rows(blk.ffn_up_exps, f0, f1)
+            out.ffn_down_exps = self._cols(blk.ffn_down_exps, f0, f1, keep_bias=False)
+            self.bytes += blk.ffn_gate_inp.weight.nbytes
+        else:
+            out.ffn_gate = self._rows(blk.ffn_gate, f0, f1)
+            out.ffn_up = self._rows(blk.ffn_up, f0, f1)
+            out.ffn_down = self._cols(blk.ffn_down, f0, f1, keep_bias=r == 0)
+        return out
+
+
+class TensorParallelModel:
+    """Every rank runs every layer on its slices, in step; rank 0 drives (forward, new_cache)."""
+
+    def __init__(self, model: DecoderModel, comm: Comm, shares: list[float]) -> None:
+        self.comm, self.hp = comm, model.hp
+        sh = self.shard = Shard(model, shares, comm.rank)
+        r = comm.rank
+        local = copy.copy(model)
+        g0, g1 = sh.kv_range()
+        local.hp = replace(
+            model.hp, n_head=sh.heads[r + 1] - sh.heads[r], n_head_kv=g1 - g0, n_ff=sh.ffs[r + 1] - sh.ffs[r]
+        )
+        local.blk = [sh.block(b) for b in model.blk]
+        local.output = sh._rows(model.output, sh.vocab[r], sh.vocab[r + 1])
+        self.local = local
+        self._specs = []
+        for i, b in enumerate(local.blk):
+            spec = local.spec(i, b)
+            spec.head0, spec.n_group = sh.heads[r], sh.grp
+            self._specs.append(spec)
+        self._kv: KVCache | None = None
+        self._stopped = False
+        self.bytes, self.copied = sh.bytes, sh.copied
+
+    def new_cache(self, n_ctx: int) -> KVCache:
+        if self.comm.rank == 0:
+            self.comm.bcast(np.array([CMD_CACHE, n_ctx, 0, 0], np.int64))
+        self._kv = self.local.new_cache(n_ctx)
+        return self._kv
+
+    def _step(self, tokens: np.ndarray, pos0: int, all_logits: bool) -> np.ndarray | None:
+        c, T = self.comm, tokens.size
+        x = np.ascontiguousarray(self.local.embed(tokens), np.float32)
+        y = np.empty_like(x)
+        kv, last = self._kv, len(self._specs) - 1
+        for i, spec in enumerate(self._specs):
+            n_out = T if all_logits or i < last else 1
+            kernels.layer_forward(spec, kv.k[i], kv.v[i], x, pos0, n_out, y, kernels.STAGE_ATTN)
+            c.allreduce(y)
+            kernels.layer_forward(spec, kv.k[i], kv.v[i], x, pos0, n_out, y, kernels.STAGE_FFN)
+            c.allreduce(y[T - n_out :])
+            kernels.layer_forward(spec, kv.k[i], kv.v[i], x, pos0, n_out, y, kernels.STAGE_DONE)
+        kv.n = pos0 + T
+        part = self.local.logits(x if all_logits else x[-1:])
+        return c.gather_cols(part, np.diff(self.shard.vocab).tolist())
+
+    def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
+        tokens = self.local._tokens(tokens, kv)
+        self.comm.bcast(np.array([CMD_FORWARD, tokens.size, kv.n, int(all_logits)], np.int64))
+        self.comm.bcast(tokens)
+        return self._step(tokens, kv.n, all_logits)
+
+    def serve(self) -> None:
+        head = np.empty(4, np.int64)
+        while True:
+            self.comm.bcast(head)
+            cmd, a, pos0, all_logits = (int(v) for v in head)
+            if cmd == CMD_STOP:
+                return
+            if cmd == CMD_CACHE:
+                self.new_cache(a)
+                continue
+            tokens = np.empty(a, np.int32)
+            self.comm.bcast(tokens)
+            self._step(tokens, pos0, bool(all_logits))
+
+    def close(self) -> None:
+        if self.comm.rank == 0 and not self._stopped:
+            self._stopped = True
+            self.comm.bcast(np.array([CMD_STOP, 0, 0, 0], np.int64))

@@ -1,0 +1,143 @@
+"""Split runs under mpirun (Open MPI): the same tokens and logits as one process, in both split
+modes, on a real model and a MoE one; each rank's resident weights are its share; failures and
+misconfigurations end every rank with a message. Each test starts an mpirun job (tests/mpi_job.py)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fitllm.gguf import GGUFFile
+from fitllm.models import load_model
+from mpi_job import PROMPT
+from tiny_models import upcycle
+
+if not shutil.which("mpirun") or not __import__("importlib").util.find_spec("mpi4py"):
+    if os.environ.get("FITLLM_REQUIRE_MPI"):  # CI installs Open MPI: there a skip would hide a failure
+        raise RuntimeError("mpirun or mpi4py is missing")
+    pytest.skip("needs Open MPI (mpirun) and mpi4py", allow_module_level=True)
+
+JOB = str(Path(__file__).parent / "mpi_job.py")
+MPIRUN = ["mpirun", "--oversubscribe", "--allow-run-as-root", "--mca", "btl", "self,vader,tcp"]
+
+
+def mpirun(n: int, model: str, mode: str, out: Path, shares: str = "-", extra=(), timeout=180):
+    cmd = [*MPIRUN, "-n", str(n), sys.executable, JOB, model, mode, shares, str(out), *extra]
+    env = {**os.environ, "FITLLM_THREADS": "1", "PYTHONPATH": str(Path(JOB).parent)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def one_process(path: str) -> tuple[np.ndarray, list[int], float]:
+    """Logits of PROMPT, 12 greedy tokens, and the float tolerance: the relative change of the
+    logits when the embeddings are perturbed by ~1 ulp (1e-7), the most that adding the same
+    numbers in another order can be asked to keep."""
+    m = load_model(GGUFFile(path))
+    kv = m.new_cache(64)
+    toks = np.array([t % m.hp.n_vocab for t in PROMPT])
+    logits = m.forward(toks, kv, all_logits=True)
+    greedy, tok = [], int(logits[-1].argmax())
+    for _ in range(12):
+        greedy.append(tok)
+        tok = int(m.forward(np.array([tok]), kv)[-1].argmax())
+    embed, rng, tol = m.embed, np.random.default_rng(0), 0.0
+    for _ in range(2):
+        m.embed = lambda t: (
+            embed(t) * (1 + 1e-7 * rng.standard_normal((len(t), m.hp.n_embd))).astype(np.float32)
+        )
+        moved = m.forward(toks, m.new_cache(64), all_logits=True)
+        tol = max(tol, np.linalg.norm(moved - logits) / np.linalg.norm(logits))
+    return logits, greedy, tol
+
+
+@pytest.fixture(scope="module")
+def models(smollm2_path, tmp_path_factory):
+    moe = upcycle(smollm2_path, tmp_path_factory.mktemp("moe") / "moe.gguf", noise=0.05)
+    return {"smollm2": smollm2_path, "moe": moe}
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    return {name: one_process(p) for name, p in models.items()}
+
+
+@pytest.mark.parametrize("name", ["smollm2", "moe"])
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("mode", ["layer", "tensor"])
+def test_split_run_is_one_process(models, reference, tmp_path, name, n, mode):
+    r = mpirun(n, models[name], mode, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    logits, greedy, tol = reference[name]
+    assert json.loads((tmp_path / "greedy.json").read_text()) == greedy
+    got = np.load(tmp_path / "logits.npy")
+    if mode == "layer":  # the same kernels on the same rows: bit-identical
+        np.testing.assert_array_equal(got, logits)
+    else:
+        # partial sums added over ranks: the order of float additions differs (1e-7), and where that
+        # moves an activation across a rounding edge of its 8-bit quantization the next layer sees
+        # another quantum: SmolLM2 (|x| up to 25000) moves its logits by 2-3 % for a 1e-7 nudge
+        err = np.linalg.norm(got - logits) / np.linalg.norm(logits)
+        assert err <= 2 * tol, (err, tol)
+    stats = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(n)]
+    total = GGUFFile(models[name]).tensors
+    for s in stats:  # each rank holds its share, and not more
+        assert s["resident"] <= 1.05 * s["share"]
+        assert s["share"] <= 1.1 * sum(t.nbytes for t in total.values()) / n
+
+
+def test_uneven_shares(models, reference, tmp_path):
+    r = mpirun(2, models["smollm2"], "tensor", tmp_path, shares="3,1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "greedy.json").read_text()) == reference["smollm2"][1]
+    a, b = (json.loads((tmp_path / f"rank{r}.json").read_text())["share"] for r in range(2))
+    assert 2.5 <= a / b <= 3.5
+
+
+def test_killed_rank_ends_the_job(models, tmp_path):
+    r = mpirun(3, models["smollm2"], "layer", tmp_path, extra=["1"], timeout=90)
+    waited = time.time() - float((tmp_path / "killing").read_text())  # from the kill to the job's end
+    assert r.returncode != 0
+    assert waited < 30
+    assert "rank 1" in r.stdout + r.stderr
+
+
+def test_different_model_files_are_refused(models, tmp_path):
+    cmd = [*MPIRUN, "-n", "1", sys.executable, JOB, models["smollm2"], "layer", "-", str(tmp_path), ":",
+           "-n", "1", sys.executable, JOB, models["moe"], "layer", "-", str(tmp_path)]  # fmt: skip
+    r = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(JOB).parent)},
+    )
+    assert r.returncode != 0
+    assert "model file" in r.stderr and "rank(s) 1" in r.stderr
+
+
+def test_rank_short_of_memory_is_refused(models, tmp_path):
+    cmd = [*MPIRUN, "-n", "1", sys.executable, JOB, models["smollm2"], "layer", "-", str(tmp_path), ":",
+           "-n", "1", "-x", "FITLLM_MEMORY=300M", sys.executable, JOB, models["smollm2"], "layer", "-", str(tmp_path)]  # fmt: skip
+    r = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(JOB).parent)},
+    )
+    assert r.returncode != 0
+    assert "rank 1 needs" in r.stderr
+
+
+def test_more_ranks_than_layers_is_refused(tmp_path):
+    from tiny_models import write_tiny
+
+    path = write_tiny(tmp_path / "baby.gguf", "llama", n_layer=2)
+    r = mpirun(3, str(path), "layer", tmp_path)
+    assert r.returncode != 0
+    assert "3 ranks but the model has 2 layers" in r.stderr
