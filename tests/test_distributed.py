@@ -24,7 +24,15 @@ if not shutil.which("mpirun") or not __import__("importlib").util.find_spec("mpi
     pytest.skip("needs Open MPI (mpirun) and mpi4py", allow_module_level=True)
 
 JOB = str(Path(__file__).parent / "mpi_job.py")
-MPIRUN = ["mpirun", "--oversubscribe", "--allow-run-as-root", "--mca", "btl", "self,vader,tcp"]
+# containers may forbid the shared-memory transport's single copy (ptrace): plain copies then
+MPIRUN = [
+    "mpirun",
+    "--oversubscribe",
+    "--allow-run-as-root",
+    "--mca",
+    "btl_vader_single_copy_mechanism",
+    "none",
+]
 
 
 def mpirun(n: int, model: str, mode: str, out: Path, shares: str = "-", extra=(), timeout=180):
@@ -107,8 +115,9 @@ def test_killed_rank_ends_the_job(models, tmp_path):
 
 
 def test_different_model_files_are_refused(models, tmp_path):
-    cmd = [*MPIRUN, "-n", "1", sys.executable, JOB, models["smollm2"], "layer", "-", str(tmp_path), ":",
-           "-n", "1", sys.executable, JOB, models["moe"], "layer", "-", str(tmp_path)]  # fmt: skip
+    job = [sys.executable, JOB, "{}", "layer", "-", str(tmp_path)]
+    a, b = ([models[m] if x == "{}" else x for x in job] for m in ("smollm2", "moe"))
+    cmd = [*MPIRUN, "-n", "1", *a, ":", "-n", "1", *b]
     r = subprocess.run(
         cmd,
         capture_output=True,
@@ -121,8 +130,8 @@ def test_different_model_files_are_refused(models, tmp_path):
 
 
 def test_rank_short_of_memory_is_refused(models, tmp_path):
-    cmd = [*MPIRUN, "-n", "1", sys.executable, JOB, models["smollm2"], "layer", "-", str(tmp_path), ":",
-           "-n", "1", "-x", "FITLLM_MEMORY=300M", sys.executable, JOB, models["smollm2"], "layer", "-", str(tmp_path)]  # fmt: skip
+    job = [sys.executable, JOB, models["smollm2"], "layer", "-", str(tmp_path)]
+    cmd = [*MPIRUN, "-n", "1", *job, ":", "-n", "1", "-x", "FITLLM_MEMORY=300M", *job]
     r = subprocess.run(
         cmd,
         capture_output=True,

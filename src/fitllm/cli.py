@@ -176,6 +176,7 @@ def _abort_job(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from fitllm.distributed import DistributedError, under_mpirun
+    from fitllm.distributed.comm import mpi_rank
 
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="fitllm: %(message)s")
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except (*known, DistributedError) as e:
         if under_mpirun() and not isinstance(e, DistributedError):
             _abort_job(f"error: {e}")  # the other ranks would wait for this one forever
-        print(f"fitllm: error: {e}", file=sys.stderr)
+        if mpi_rank() == 0:  # a DistributedError is raised by every rank: say it once
+            print(f"fitllm: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:
         if under_mpirun():

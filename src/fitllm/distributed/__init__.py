@@ -13,7 +13,15 @@ from fitllm.distributed.pipeline import PipelineModel
 from fitllm.distributed.tensor_parallel import FileRows, TensorParallelModel
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
-from fitllm.plan import OVERHEAD, kv_bytes, machine_memory, pipeline_split, shape_of_gguf, tensor_split
+from fitllm.plan import (
+    OVERHEAD,
+    ModelShape,
+    kv_bytes,
+    machine_memory,
+    pipeline_split,
+    shape_of_gguf,
+    tensor_split,
+)
 
 __all__ = ["Comm", "DistributedError", "load_split", "parse_split_mode", "under_mpirun"]
 log = logging.getLogger(__name__)
@@ -56,6 +64,19 @@ def _check_memory(comm: Comm, share: int, kv: int, mmap_stream: bool) -> None:
         )
 
 
+def _read_per_token(shape: ModelShape, a: int, b: int, head: bool) -> int:
+    """Bytes one token reads from layers [a, b) (and the output head): all but unused experts."""
+    total = 0
+    for name, (_, n) in shape.tensors.items():
+        layer = shape.layer_of(name)
+        if layer is not None:
+            mine = a <= layer < b
+        else:  # the head: output norm and matrix, or the embedding when it is the output too
+            mine = head and (name != "token_embd.weight" or "output.weight" not in shape.tensors)
+        total += int(n * (shape.expert_share if "_exps" in name else 1)) if mine else 0
+    return total
+
+
 def load_split(
     f: GGUFFile,
     n_ctx: int,
@@ -86,6 +107,7 @@ def load_split(
     if mode == "layer":
         out = PipelineModel(model, comm, s.layers)
         out.bytes = s.weights[comm.rank]
+        out.read_per_token = _read_per_token(shape, a, b, comm.rank == comm.size - 1)
     else:
         out = TensorParallelModel(model, comm, shares)
     log.info("rank %d of %d: %s split, %.1f MiB of weights", comm.rank, comm.size, mode, out.bytes / 2**20)

@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 _ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 
 
+def mpi_rank() -> int:
+    """This process's rank as mpirun set it (0 when not under mpirun), without importing MPI."""
+    for k in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if k in os.environ:
+            return int(os.environ[k])
+    return 0
+
+
 def under_mpirun() -> bool:
     """Started by mpirun/mpiexec with more than one rank (without importing MPI)."""
     for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
@@ -82,6 +90,17 @@ class Comm:
         odd = [r for r, v in enumerate(values) if v != values[0]]
         if odd:
             raise DistributedError(f"{what} differs between rank 0 and rank(s) {', '.join(map(str, odd))}")
+
+    def report(self, read_per_token: int, n_tokens: int, busy_s: float) -> None:
+        """Log, on rank 0, what each rank read per token and how long it waited on the others."""
+        rows = self.allgather((read_per_token, self.comm_s, busy_s))
+        if self.rank == 0:
+            for r, (read, comm_s, busy) in enumerate(rows):
+                log.info(
+                    "rank %d: %.1f MiB read per token; %.2f s in forward passes (%d tokens), of which %.2f s"
+                    " communicating",
+                    r, read / 2**20, busy, n_tokens, comm_s,
+                )  # fmt: skip
 
     # --- activations -------------------------------------------------------------------------
     def bcast(self, buf: np.ndarray) -> None:

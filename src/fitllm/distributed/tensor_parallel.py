@@ -19,13 +19,13 @@ import numpy as np
 
 from fitllm import kernels
 from fitllm.distributed.comm import Comm, DistributedError
+from fitllm.distributed.split import SplitModel
 from fitllm.gguf import GGUFFile, Tensor
 from fitllm.kv_cache import KVCache
 from fitllm.models.base import DecoderModel
 from fitllm.models.layers import Linear
 from fitllm.models.moe import Experts
 
-CMD_STOP, CMD_FORWARD, CMD_CACHE = 0, 1, 2
 BLOCK = {0: 1, 1: 1, 30: 1, 2: 32, 3: 32, 6: 32, 7: 32, 8: 32, 10: 256, 11: 256, 12: 256, 13: 256, 14: 256}
 
 
@@ -98,7 +98,14 @@ class Shard:
         self.n_ff = ff[0][1]
         self.ffs = cuts(self.n_ff, shares, down_block)
         self.vocab = cuts(hp.n_vocab, shares)
-        self.rank, self.f, self.bytes, self.copied = rank, f, 0, 0  # copied: read, not mapped
+        self.rank, self.f = rank, f
+        self.used = hp.n_expert_used / hp.n_expert if hp.n_expert else 1.0
+        self.bytes = self.copied = self.read_per_token = 0  # copied: read from the file, not mapped
+
+    def _count(self, nbytes: int, copied: bool = False, experts: bool = False) -> None:
+        self.bytes += nbytes
+        self.copied += nbytes if copied else 0
+        self.read_per_token += int(nbytes * (self.used if experts else 1))
 
     @staticmethod
     def _ffn(blk: SimpleNamespace):
@@ -111,15 +118,14 @@ class Shard:
 
     def _rows(self, lin: Linear, a: int, b: int) -> Linear:
         t = row_view(self.f, lin.weight, a, b)
-        self.bytes += t.nbytes
+        self._count(t.nbytes)
         return Linear(t, None if lin.bias is None else lin.bias[a:b])
 
     def _cols(self, lin: Linear | Experts, c0: int, c1: int, keep_bias: bool) -> Linear | Experts:
         w = lin.weight
         rows = int(np.prod(w.shape[:-1]))
         data = read_rows(self.f, w, [(0, rows)], (c0, c1))
-        self.bytes += data.nbytes
-        self.copied += data.nbytes
+        self._count(data.nbytes, copied=True, experts=isinstance(lin, Experts))
         t = Tensor(w.name, w.ggml_type, (*w.shape[:-1], c1 - c0), data)
         if isinstance(lin, Experts):
             return Experts(t)
@@ -128,8 +134,7 @@ class Shard:
     def _expert_rows(self, ex: Experts, a: int, b: int) -> Experts:
         E, F, D = ex.weight.shape
         data = read_rows(self.f, ex.weight, [(e * F + a, e * F + b) for e in range(E)], (0, D))
-        self.bytes += data.nbytes
-        self.copied += data.nbytes
+        self._count(data.nbytes, copied=True, experts=True)
         return Experts(Tensor(ex.weight.name, ex.weight.ggml_type, (E, b - a, D), data))
 
     def block(self, blk: SimpleNamespace) -> SimpleNamespace:
@@ -146,7 +151,7 @@ class Shard:
             out.ffn_gate_exps = self._expert_rows(blk.ffn_gate_exps, f0, f1)
             out.ffn_up_exps = self._expert_rows(blk.ffn_up_exps, f0, f1)
             out.ffn_down_exps = self._cols(blk.ffn_down_exps, f0, f1, keep_bias=False)
-            self.bytes += blk.ffn_gate_inp.weight.nbytes
+            self._count(blk.ffn_gate_inp.weight.nbytes)
         else:
             out.ffn_gate = self._rows(blk.ffn_gate, f0, f1)
             out.ffn_up = self._rows(blk.ffn_up, f0, f1)
@@ -154,15 +159,12 @@ class Shard:
         return out
 
 
-class TensorParallelModel:
-    """Every rank runs every layer on its slices, in step; rank 0 drives (forward, new_cache)."""
-
+class TensorParallelModel(SplitModel):
     def __init__(self, model: DecoderModel, comm: Comm, shares: list[float]) -> None:
-        self.comm, self.hp = comm, model.hp
+        super().__init__(model, comm)
         sh = self.shard = Shard(model, shares, comm.rank)
-        r = comm.rank
-        local = copy.copy(model)
-        g0, g1 = sh.kv_range()
+        r, (g0, g1) = comm.rank, sh.kv_range()
+        local = copy.copy(model)  # the model's code, on this rank's slices
         local.hp = replace(
             model.hp, n_head=sh.heads[r + 1] - sh.heads[r], n_head_kv=g1 - g0, n_ff=sh.ffs[r + 1] - sh.ffs[r]
         )
@@ -174,18 +176,16 @@ class TensorParallelModel:
             spec = local.spec(i, b)
             spec.head0, spec.n_group = sh.heads[r], sh.grp
             self._specs.append(spec)
-        self._kv: KVCache | None = None
-        self._stopped = False
-        self.bytes, self.copied = sh.bytes, sh.copied
+        self.bytes, self.copied, self.read_per_token = sh.bytes, sh.copied, sh.read_per_token
 
-    def new_cache(self, n_ctx: int) -> KVCache:
-        if self.comm.rank == 0:
-            self.comm.bcast(np.array([CMD_CACHE, n_ctx, 0, 0], np.int64))
-        self._kv = self.local.new_cache(n_ctx)
-        return self._kv
+    def _new_kv(self, n_ctx: int) -> KVCache:
+        return self.local.new_cache(n_ctx)
 
-    def _step(self, tokens: np.ndarray, pos0: int, all_logits: bool) -> np.ndarray | None:
-        c, T = self.comm, tokens.size
+    def _step(self, tokens: np.ndarray | None, T: int, pos0: int, all_logits: bool) -> np.ndarray | None:
+        c = self.comm
+        if tokens is None:
+            tokens = np.empty(T, np.int32)
+        c.bcast(tokens)
         x = np.ascontiguousarray(self.local.embed(tokens), np.float32)
         y = np.empty_like(x)
         kv, last = self._kv, len(self._specs) - 1
@@ -196,31 +196,5 @@ class TensorParallelModel:
             kernels.layer_forward(spec, kv.k[i], kv.v[i], x, pos0, n_out, y, kernels.STAGE_FFN)
             c.allreduce(y[T - n_out :])
             kernels.layer_forward(spec, kv.k[i], kv.v[i], x, pos0, n_out, y, kernels.STAGE_DONE)
-        kv.n = pos0 + T
         part = self.local.logits(x if all_logits else x[-1:])
         return c.gather_cols(part, np.diff(self.shard.vocab).tolist())
-
-    def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
-        tokens = self.local._tokens(tokens, kv)
-        self.comm.bcast(np.array([CMD_FORWARD, tokens.size, kv.n, int(all_logits)], np.int64))
-        self.comm.bcast(tokens)
-        return self._step(tokens, kv.n, all_logits)
-
-    def serve(self) -> None:
-        head = np.empty(4, np.int64)
-        while True:
-            self.comm.bcast(head)
-            cmd, a, pos0, all_logits = (int(v) for v in head)
-            if cmd == CMD_STOP:
-                return
-            if cmd == CMD_CACHE:
-                self.new_cache(a)
-                continue
-            tokens = np.empty(a, np.int32)
-            self.comm.bcast(tokens)
-            self._step(tokens, pos0, bool(all_logits))
-
-    def close(self) -> None:
-        if self.comm.rank == 0 and not self._stopped:
-            self._stopped = True
-            self.comm.bcast(np.array([CMD_STOP, 0, 0, 0], np.int64))
