@@ -98,6 +98,17 @@ def test_split_run_is_one_process(models, reference, tmp_path, name, n, mode):
         assert s["share"] <= 1.1 * sum(t.nbytes for t in total.values()) / n
 
 
+def test_tensor_split_shares_a_kv_head_over_ranks(gemma3_path, tmp_path):
+    # Gemma 3 270M: 4 query heads on 1 KV head, Q4_K/Q6_K (256-element blocks), q/k norms, sliding
+    # windows: 3 ranks each compute the one KV head
+    logits, greedy, tol = one_process(gemma3_path)
+    r = mpirun(3, gemma3_path, "tensor", tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "greedy.json").read_text()) == greedy
+    got = np.load(tmp_path / "logits.npy")
+    assert np.linalg.norm(got - logits) / np.linalg.norm(logits) <= 2 * tol
+
+
 def test_uneven_shares(models, reference, tmp_path):
     r = mpirun(2, models["smollm2"], "tensor", tmp_path, shares="3,1")
     assert r.returncode == 0, r.stderr[-3000:]

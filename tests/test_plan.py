@@ -47,6 +47,21 @@ def test_splits(smollm2_path):
     assert not fits and "too big" in text
 
 
+def test_pipeline_balances_bytes_around_a_big_head(gemma3_path):
+    # Gemma 3 270M: 18 layers of ~4 MB and a tied 170 MB embedding-output, which goes to the last
+    # rank; the layers before it are split evenly, not left to fill the first rank
+    m = P.shape_of_gguf(gemma3_path)
+    pipe = P.pipeline_split(m, [1, 1, 1], 512)
+    assert pipe.weights[2] == max(pipe.weights) and pipe.layers[2][1] - pipe.layers[2][0] >= 1
+    layer = max(sum(b for n, (_, b) in m.tensors.items() if n.startswith(f"blk.{i}.")) for i in range(18))
+    assert abs(pipe.weights[0] - pipe.weights[1]) <= layer  # as even as whole layers allow
+    grok = P.shape_of_grok1("q4_k")
+    pipe = P.pipeline_split(grok, [64, 32, 32], 8192)  # bytes in proportion to memory
+    assert [b - a for a, b in pipe.layers] == [32, 16, 16]
+    with pytest.raises(ValueError, match="65 hosts but the model has 64 layers"):
+        P.pipeline_split(grok, [1] * 65, 8192)
+
+
 def test_cli_suggests_a_quantization():
     r = subprocess.run(
         [sys.executable, "-m", "fitllm", "plan", "--arch", "grok-1", "--quant", "q4_k", "--hosts", "8x32G",

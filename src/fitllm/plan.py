@@ -117,8 +117,43 @@ def kv_bytes(m: ModelShape, n_ctx: int, n_layers: int) -> int:
     return 2 * n_layers * n_ctx * m.n_kv_heads * m.head_dim * 2  # K and V, fp16
 
 
+def _cuts(sizes: list[int], head: int, hosts: list[float], per_share: float) -> list[int] | None:
+    """First layer of each host, filling each up to per_share x its share of memory (every host
+    gets a layer; the last also the head); None if that does not hold everything."""
+    n, total_share = len(hosts), sum(hosts)
+    cap = [per_share * h / total_share for h in hosts]
+    cuts, cur = [0], 0
+    for i, b in enumerate(sizes):
+        k = len(cuts) - 1
+        if cur and k < n - 1 and (cur + b > cap[k] or len(sizes) - i == n - 1 - k):
+            if cur > cap[k]:
+                return None
+            cuts.append(i)
+            cur = 0
+        cur += b
+    return cuts if len(cuts) == n and cur + head <= cap[-1] else None
+
+
+def _balanced(sizes: list[int], head: int, hosts: list[float]) -> list[int]:
+    """Cuts with the smallest largest bytes / share (binary search on it); the last host then takes
+    as few layers as that allows and the others split the rest the same way, so that a big output
+    head does not leave the first hosts unbalanced."""
+    n = len(hosts)
+    if n == 1:
+        return [0]
+    lo, hi = 0.0, float(sum(sizes) + head) * sum(hosts) / min(hosts)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _cuts(sizes, head, hosts, mid) else (mid, hi)
+    cap, j, load = hi * hosts[-1] / sum(hosts), len(sizes) - 1, head + sizes[-1]
+    while j > n - 1 and load + sizes[j - 1] <= cap:
+        j -= 1
+        load += sizes[j]
+    return _balanced(sizes[:j], 0, hosts[:-1]) + [j]
+
+
 def pipeline_split(m: ModelShape, hosts: list[float], n_ctx: int) -> Split:
-    """Contiguous layers per host, cut where the bytes so far pass each host's cumulative share.
+    """Contiguous layers per host, cut so that the largest bytes / share-of-memory is smallest.
     The output head (output norm and matrix, the embedding when tied) is with the last layers;
     the first host looks embedding rows up by reading them, which keeps nothing resident."""
     per_layer, head = defaultdict(int), 0
@@ -129,18 +164,10 @@ def pipeline_split(m: ModelShape, hosts: list[float], n_ctx: int) -> Split:
             per_layer[layer] += b
         elif name != "token_embd.weight" or tied:
             head += b
-    n = len(hosts)
-    total = sum(per_layer.values()) + head
-    cuts, acc = [0], 0
-    for layer in range(m.n_layer - 1):
-        acc += per_layer[layer]
-        k = len(cuts)  # the host being filled is k - 1; cut at the layer boundary nearest its share
-        target = total * sum(hosts[:k]) / sum(hosts)
-        if k < n and acc + per_layer[layer + 1] / 2 >= target and m.n_layer - layer - 1 >= n - k:
-            cuts.append(layer + 1)
-    while len(cuts) < n:  # too few layers for a cut per host: one layer each from the end
-        cuts.append(cuts[-1] + 1)
-    cuts.append(m.n_layer)
+    sizes, n = [per_layer[x] for x in range(m.n_layer)], len(hosts)
+    if n > m.n_layer:
+        raise ValueError(f"{n} hosts but the model has {m.n_layer} layers: a pipeline needs a layer per host")
+    cuts = _balanced(sizes, head, hosts) + [m.n_layer]
     layers = [(cuts[i], cuts[i + 1]) for i in range(n)]
     weights = [sum(per_layer[x] for x in range(a, b)) for a, b in layers]
     weights[-1] += head
