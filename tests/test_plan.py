@@ -47,6 +47,16 @@ def test_splits(smollm2_path):
     assert not fits and "too big" in text
 
 
+def test_test_models_by_name_at_a_quantization(smollm2_path):
+    # SmolLM2 re-typed at Q4_1 by convert's rules is byte for byte the Q4_1 file llama.cpp made
+    # (the tied embedding at Q8_0); at Q8_0, 143025408 bytes as llama.cpp's Q8_0 file has
+    real = P.shape_of_gguf(smollm2_path)
+    assert P.ARCHS["smollm2-135m"]("Q4_1").tensors == real.tensors
+    assert P.ARCHS["smollm2-135m"]("q8_0").weight_bytes == 143025408
+    with pytest.raises(ValueError, match="unknown quantization"):
+        P.shape_of_gguf(smollm2_path, "q3_x")
+
+
 def test_pipeline_balances_bytes_around_a_big_head(gemma3_path):
     # Gemma 3 270M: 18 layers of ~4 MB and a tied 170 MB embedding-output, which goes to the last
     # rank; the layers before it are split evenly, not left to fill the first rank

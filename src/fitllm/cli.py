@@ -81,7 +81,9 @@ def _plan(a: argparse.Namespace) -> None:
 
     if bool(a.model) == bool(a.arch):
         raise ValueError("plan: give a GGUF file or --arch NAME")
-    m = P.shape_of_gguf(a.model) if a.model else P.ARCHS[a.arch](a.quant)
+    if a.arch and a.arch not in P.ARCHS:
+        raise ValueError(f"plan: unknown --arch {a.arch!r} (known: {', '.join(P.ARCHS)})")
+    m = P.shape_of_gguf(a.model, a.quant) if a.model else P.ARCHS[a.arch](a.quant or "q8_0")
     hosts = P.parse_hosts(a.hosts) if a.hosts else [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
     bw = P.parse_size(a.bandwidth, binary=False) if a.bandwidth else memory_bandwidth_gbs() * 1e9
     net = (a.net_latency, P.parse_size(a.net_bandwidth, binary=False))
@@ -156,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="memory per host, split and decode speed, before loading a model")
     pl.add_argument("model", nargs="?", help="a GGUF file (or use --arch)")
-    pl.add_argument("--arch", choices=["grok-1"], help="a known architecture with its real shapes")
-    pl.add_argument("--quant", default="q8_0", help="the quantization for --arch (as fitllm convert --type)")
+    pl.add_argument(
+        "--arch", help="a known model by name, with its real shapes: grok-1, smollm2-135m, gemma3-270m"
+    )
+    pl.add_argument("--quant", help="at this quantization (as fitllm convert --type; --arch default q8_0)")
     pl.add_argument("-c", "--ctx-size", type=int, default=8192)
     pl.add_argument("--hosts", help="memory per host: 4x64G or 64G,32G (default: this machine)")
     pl.add_argument("--bandwidth", help="memory read bandwidth per host, e.g. 100G (default: measured)")

