@@ -36,10 +36,16 @@ class Llama:
         mmap_stream: bool = False,
         split_mode: int | str = "layer",
         tensor_split: list[float] | None = None,
+        memory_budget: int | str | None = None,
+        expert_cache: str = "lru",
+        prefetch_experts: bool = True,
         **_ignored: Any,
     ) -> None:
         """mmap_stream: run a model bigger than this machine's memory from the page cache (slow);
         without it such a model is refused up front (MemoryError) instead of being OOM-killed.
+        A mixture-of-experts model bigger than memory_budget (bytes or "16G"; default: the
+        machine's or its cgroup's memory) runs with its experts streamed from disk through a cache
+        ("lru" or "lfu") that fills the rest of the budget (expert_cache.py), when its dense part fits.
 
         Under `mpirun -n N` the model is split over the N ranks: split_mode "layer" (1, pipeline)
         or "tensor" (2, llama.cpp's "row"), tensor_split the ranks' shares (default: in
@@ -55,11 +61,9 @@ class Llama:
         if under_mpirun():
             self._model = self._load_split(split_mode, tensor_split, mmap_stream)
         else:
-            if not mmap_stream:
-                from fitllm.plan import check_fits, shape_of_gguf
-
-                check_fits(shape_of_gguf(self._file), self._n_ctx)
             self._model = load_model(self._file)
+            if not mmap_stream:
+                self._model = self._fit(memory_budget, expert_cache, prefetch_experts)
         self._tok = GGUFTokenizer(self._file)
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._kv = self._model.new_cache(self._n_ctx)
@@ -72,6 +76,23 @@ class Llama:
             log.info(
                 "loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer
             )
+
+    def _fit(self, budget: int | str | None, policy: str, prefetch: bool):
+        """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""
+        from fitllm.expert_cache import ExpertCache
+        from fitllm.plan import OVERHEAD, check_fits, kv_bytes, machine_memory, parse_size, shape_of_gguf
+
+        shape = shape_of_gguf(self._file)
+        budget = parse_size(budget) if isinstance(budget, str) else budget or machine_memory()
+        kv = kv_bytes(shape, self._n_ctx, shape.n_layer)
+        experts = sum(b for n, (_, b) in shape.tensors.items() if "_exps" in n)
+        if shape.weight_bytes + kv + OVERHEAD <= budget:
+            return self._model
+        left = budget - (shape.weight_bytes - experts) - kv - OVERHEAD
+        if not experts or left <= 0:
+            check_fits(shape, self._n_ctx, budget)  # raises, with the numbers
+        log.info("%s does not fit %.2f GiB: streaming its experts", self.model_path, budget / 2**30)
+        return ExpertCache(self._model, left, policy, prefetch)
 
     def _load_split(self, split_mode: int | str, tensor_split: list[float] | None, mmap_stream: bool):
         import atexit
@@ -87,6 +108,8 @@ class Llama:
 
     def close(self) -> None:
         """Release the model; under mpirun, let the other ranks finish."""
+        if hasattr(self._model, "summary"):
+            log.info("%s", self._model.summary())
         close = getattr(self._model, "close", None)
         if close:
             close()

@@ -27,6 +27,8 @@ def _run(a: argparse.Namespace) -> None:
         verbose=False,
         mmap_stream=a.mmap_stream,
         split_mode=a.split_mode,
+        memory_budget=a.memory_budget,
+        expert_cache=a.expert_cache,
         tensor_split=[float(x) for x in a.split.split(",")] if a.split else None,
     )
     sampling = dict(
@@ -119,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--mmap-stream", action="store_true", help="run a model bigger than memory from disk (slow)"
     )
+    r.add_argument(
+        "--memory-budget",
+        help="memory to use, e.g. 16G (default: the machine's or cgroup's); a bigger MoE streams its experts",
+    )
+    r.add_argument("--expert-cache", default="lru", choices=["lru", "lfu"], help="expert cache policy")
     r.add_argument(
         "--split-mode",
         default="layer",

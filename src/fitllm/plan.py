@@ -284,23 +284,43 @@ def suggest(arch: str, hosts: list[int], n_ctx: int, bandwidth: float, latency: 
     return "suggested: none of the quantizations fits these hosts"
 
 
+def _cgroup_limits() -> list[int]:
+    """The memory limits of this process's cgroup and its parents (v2 memory.max, v1 limit_in_bytes)."""
+    import os
+
+    out = []
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, ctrl, path = line.split(":", 2)
+        if ctrl == "":  # v2
+            root, name = "/sys/fs/cgroup", "memory.max"
+        elif "memory" in ctrl.split(","):
+            root, name = "/sys/fs/cgroup/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        while True:
+            try:
+                text = open(os.path.join(root + path, name)).read().strip()
+                out += [int(text)] if text.isdigit() else []
+            except OSError:
+                pass
+            if path in ("/", ""):
+                break
+            path = os.path.dirname(path)
+    return out
+
+
 def machine_memory() -> int:
-    """Bytes this process may use: physical memory, or the cgroup's limit when lower, or what
+    """Bytes this process may use: physical memory, or its cgroup's limit when lower, or what
     FITLLM_MEMORY says (e.g. 16G: to keep the rest of a shared host free)."""
     import os
 
     if os.environ.get("FITLLM_MEMORY"):
         return parse_size(os.environ["FITLLM_MEMORY"])
-
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = open(path).read().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
+    return min([os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), *_cgroup_limits()])
 
 
 def check_fits(m: ModelShape, n_ctx: int, memory: int | None = None) -> None:

@@ -19,6 +19,7 @@ _ERRORS = {
     -2: "buffer too small",
     -3: "index out of range",
     -4: "out of memory",
+    -5: "the experts could not be fetched",
 }
 
 
@@ -210,6 +211,7 @@ class LayerSpec(ctypes.Structure):
         + [(n, ctypes.c_int64) for n in _LAYER_MOE_INTS]
         + [("gate_inp", Mat)]
         + [(n, ctypes.c_int64) for n in _LAYER_SHARD_INTS]
+        + [("fetch", ctypes.c_void_p), ("fetch_ctx", ctypes.c_void_p), ("layer_id", ctypes.c_int64)]
     )
 
 
@@ -241,6 +243,18 @@ def layer_spec(**kw) -> LayerSpec:
         setattr(spec, n, Mat(t.data.ctypes.data, t.data.nbytes, t.ggml_type, rows, cols, _ptr(bias)))
     return spec
 
+
+# fetch(ctx, layer, e, cnt, h, T, ptrs) -> 0: the MoE's expert weights (expert_cache.py)
+FETCH_FN = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_int64,
+    ctypes.c_int64,
+    ctypes.POINTER(ctypes.c_int32),
+    ctypes.POINTER(ctypes.c_float),
+    ctypes.c_int64,
+    ctypes.POINTER(ctypes.c_void_p),
+)
 
 _work = np.empty(0, np.uint8)
 

@@ -30,6 +30,14 @@ typedef struct {
     /* a tensor-parallel shard holds heads [head0, head0 + n_head) of a model whose query heads share
      * a key/value head n_group at a time (0: n_head / n_head_kv, the whole model) */
     int64_t head0, n_group;
+    /* expert streaming: when fetch is set, the MoE calls it once its tokens are routed (e = -1: cnt
+     * holds the tokens per expert, h the MoE's input (T, n_embd)), then before each chosen expert e
+     * runs, for its weights: ptrs[3e + 0..2] = its gate, up, down rows, laid out as in the stacked
+     * tensors (which then only give the shapes). A non-zero return fails the layer. */
+    int (*fetch)(void *ctx, int64_t layer, int64_t e, const int32_t *cnt, const float *h, int64_t T,
+                 const void **ptrs);
+    void *fetch_ctx;
+    int64_t layer_id;
 } fl_layer;
 
 static uint16_t GELU_F16[65536];
@@ -61,6 +69,7 @@ typedef struct {
     float *h, *q, *k, *v, *att, *tmp, *gate, *up, *rope, *scr;
     float *ex, *ey, *logits, *wts; /* MoE: an expert's tokens in and out, router logits, gates */
     int32_t *sel, *cnt;            /* MoE: token ids per expert (n_expert x T), their count */
+    const void **ptrs;             /* MoE with fetch: the experts' weights; ptrs[3 * n_expert] = status */
     uint8_t *act[3];
     size_t scr_floats;
 } work_t;
@@ -70,12 +79,13 @@ static size_t work_layout(const fl_layer *L, int64_t T, int64_t n_ctx, int nthre
     const int64_t nq = L->n_head * L->head_dim, nkv = L->n_head_kv * L->head_dim, E = L->n_embd;
     const int64_t widest = maxi(maxi(E, nq), L->n_ff), ne = L->n_expert, moe = ne > 0;
     const size_t scr = (size_t)(2 * n_ctx + 2 * L->head_dim + 16);
-    enum { NSLOT = 19 };
+    enum { NSLOT = 20 };
     size_t sizes[NSLOT] = {T * E, T * nq, T * nkv, T * nkv, T * nq, T * E, T * L->n_ff, T * L->n_ff, T * L->n_rot,
-                           scr * nthreads, moe * T * E, moe * T * E, T * ne, T * ne, T * ne, ne,
+                           scr * nthreads, moe * T * E, moe * T * E, T * ne, T * ne, T * ne, ne, 2 * (3 * ne + 1),
                            T * widest, T * widest, T * widest};
-    float **slots[NSLOT - 3] = {&w->h, &w->q, &w->k, &w->v, &w->att, &w->tmp, &w->gate, &w->up, &w->rope, &w->scr,
-                                &w->ex, &w->ey, &w->logits, &w->wts, (float **)&w->sel, (float **)&w->cnt};
+    float **slots[NSLOT - 3] = {&w->h,   &w->q,   &w->k,      &w->v,   &w->att,           &w->tmp,
+                                &w->gate, &w->up, &w->rope,   &w->scr, &w->ex,            &w->ey,
+                                &w->logits, &w->wts, (float **)&w->sel, (float **)&w->cnt, (float **)&w->ptrs};
     size_t off = 0;
     for (int i = 0; i < NSLOT; i++) {
         if (buf) {
@@ -278,11 +288,11 @@ static void ffn(const fl_layer *L, const fl_mat *gate, const fl_mat *up, const f
 #pragma omp barrier
 }
 
-/* Rows [e * n, (e + 1) * n) of a stacked expert matrix */
-static fl_mat expert_rows(const fl_mat *m, int64_t e, int64_t n) {
+/* Rows [e * n, (e + 1) * n) of a stacked expert matrix, or where fetch put them (at, non-NULL) */
+static fl_mat expert_rows(const fl_mat *m, int64_t e, int64_t n, const void *at) {
     fl_mat r = *m;
     const size_t rb = fl_row_bytes((int)m->type, m->ncols);
-    r.data = (const uint8_t *)m->data + (size_t)e * n * rb;
+    r.data = at ? at : (const uint8_t *)m->data + (size_t)e * n * rb;
     r.nrows = n;
     r.nbytes = (int64_t)(n * rb);
     r.bias = NULL;
@@ -331,15 +341,22 @@ static void moe(const fl_layer *L, work_t *w, const float *h, int64_t T, float *
 #pragma omp barrier
     if (ith == 0) route(L, w, T);
     for (int64_t j = ith * E; j < T * E; j += nth * E) memset(y + j, 0, (size_t)E * sizeof(float));
+    if (L->fetch && ith == 0) /* one thread waits for the weights; the others at the barrier */
+        w->ptrs[3 * ne] = L->fetch(L->fetch_ctx, L->layer_id, -1, w->cnt, h, T, w->ptrs) ? (void *)1 : NULL;
 #pragma omp barrier
+    if (L->fetch && w->ptrs[3 * ne]) return;
     for (int64_t e = 0; e < ne; e++) {
         const int64_t n = w->cnt[e];
         if (n == 0) continue;
         const int32_t *tok = w->sel + e * T;
+        if (L->fetch && ith == 0)
+            w->ptrs[3 * ne] = L->fetch(L->fetch_ctx, L->layer_id, e, w->cnt, h, T, w->ptrs) ? (void *)1 : NULL;
         for (int64_t i = ith; i < n; i += nth) memcpy(w->ex + i * E, h + tok[i] * E, (size_t)E * sizeof(float));
-        const fl_mat g = expert_rows(&L->gate, e, L->n_ff), u = expert_rows(&L->up, e, L->n_ff);
-        const fl_mat d = expert_rows(&L->down, e, E);
 #pragma omp barrier
+        if (L->fetch && w->ptrs[3 * ne]) return;
+        const void *const *at = L->fetch ? w->ptrs + 3 * e : (const void *const[3]){NULL, NULL, NULL};
+        const fl_mat g = expert_rows(&L->gate, e, L->n_ff, at[0]), u = expert_rows(&L->up, e, L->n_ff, at[1]);
+        const fl_mat d = expert_rows(&L->down, e, E, at[2]);
         ffn(L, &g, &u, &d, w, w->ex, n, w->ey, ith, nth);
         for (int64_t i = ith; i < n; i += nth) { /* a token appears once per expert: rows are disjoint */
             const float gate = w->wts[tok[i] * ne + e];
@@ -378,6 +395,7 @@ int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ct
     work_t w;
     if (!kc || !vc || !work || work_bytes < work_layout(L, T, n_ctx, nthreads, (uint8_t *)work, &w)) return FL_ESIZE;
     const int64_t E = L->n_embd, d = T - n_out;
+    if (L->n_expert) w.ptrs[3 * L->n_expert] = NULL;
 #pragma omp parallel num_threads(nthreads)
     {
         const int ith = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -395,5 +413,5 @@ int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ct
             residual(L, x + d * E, y + d * E, w.tmp, L->post_ffn_norm, NULL, NULL, n_out, ith, nth);
         }
     }
-    return FL_OK;
+    return L->fetch && L->n_expert && w.ptrs[3 * L->n_expert] ? FL_EFETCH : FL_OK;
 }
