@@ -1,0 +1,165 @@
+"""Expert streaming: a MoE run under a memory budget smaller than it gives the same tokens and
+logits as with everything in memory, and keeps to the budget."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fitllm.api import Llama
+from fitllm.expert_cache import ExpertCache
+from fitllm.gguf import GGUFFile
+from fitllm.models import load_model
+from fitllm.plan import OVERHEAD, kv_bytes, shape_of_gguf
+from tiny_models import upcycle
+
+PROMPT = b"The capital of France is Paris. The capital of Germany is"
+
+
+@pytest.fixture(scope="module")
+def moe(smollm2_path, tmp_path_factory):
+    # SmolLM2's MLP as 8 experts with perturbed gates (routing matters), 237 MB
+    return upcycle(smollm2_path, tmp_path_factory.mktemp("moe") / "moe8.gguf", n_expert=8, noise=0.05)
+
+
+@pytest.fixture(scope="module")
+def uncapped(moe):
+    llm = Llama(moe, n_ctx=128, verbose=False, logits_all=True)
+    toks = llm.tokenize(PROMPT)
+    text = llm.create_completion(toks, max_tokens=16, temperature=0)["choices"][0]["text"]
+    llm.reset()
+    llm.eval(toks)
+    return toks, text, llm.scores[: len(toks)].copy()
+
+
+def budget_for(path: str, share: float) -> int:
+    """share of the experts' bytes left for the cache, with the rest of the model, KV and overhead."""
+    shape = shape_of_gguf(path)
+    experts = sum(b for n, (_, b) in shape.tensors.items() if "_exps" in n)
+    return int(
+        shape.weight_bytes - experts + share * experts + kv_bytes(shape, 128, shape.n_layer) + OVERHEAD
+    )
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("share", [0.6, 0.1])
+def test_streamed_experts_give_the_same_tokens(moe, uncapped, policy, share):
+    toks, text, logits = uncapped
+    llm = Llama(
+        moe,
+        n_ctx=128,
+        verbose=False,
+        logits_all=True,
+        memory_budget=budget_for(moe, share),
+        expert_cache=policy,
+    )
+    cache = llm._model
+    assert isinstance(cache, ExpertCache) and cache.n_slots < 8 * 30 * share + 1
+    assert llm.create_completion(toks, max_tokens=16, temperature=0)["choices"][0]["text"] == text
+    llm.reset()
+    llm.eval(toks)
+    np.testing.assert_array_equal(llm.scores[: len(toks)], logits)
+    st = cache.stats
+    assert st.misses > 0 and st.bytes_read >= st.misses * cache.slot_bytes
+    assert len(cache.slots) <= cache.n_slots  # the cache never grows past its budget
+    assert "hit rate" in cache.summary()
+    llm.close()
+
+
+def test_prefetch_off_and_on_agree(moe, uncapped):
+    toks, _, logits = uncapped
+    m = load_model(GGUFFile(moe))
+    cache = ExpertCache(m, 20 * 3 * m.blk[0].ffn_gate_exps.expert_bytes, "lru", prefetch=False)
+    kv = cache.new_cache(128)
+    np.testing.assert_array_equal(cache.forward(np.array(toks), kv, all_logits=True), logits)
+    assert cache.stats.guesses == 0
+
+
+def test_a_budget_below_one_expert_is_refused(moe):
+    shape = shape_of_gguf(moe)
+    experts = sum(b for n, (_, b) in shape.tensors.items() if "_exps" in n)
+    with pytest.raises(MemoryError, match="does not fit"):
+        Llama(moe, n_ctx=128, verbose=False, memory_budget=budget_for(moe, 0) + 1000)
+    with pytest.raises(MemoryError, match="needs"):  # not even the dense part fits
+        Llama(moe, n_ctx=128, verbose=False, memory_budget=shape.weight_bytes - experts)
+
+
+def rss_anon_and_file(path: str) -> tuple[int, int]:
+    anon, mapped, cur = 0, 0, None
+    for line in open("/proc/self/smaps"):
+        if line[0] in "0123456789abcdef" and " " in line:
+            cur = line.split()[-1] if len(line.split()) > 5 else ""
+        elif line.startswith("Rss:"):
+            kb = int(line.split()[1]) * 1024
+            mapped += kb if cur == path else 0
+        elif line.startswith("Anonymous:"):
+            anon += int(line.split()[1]) * 1024
+    return anon, mapped
+
+
+def test_memory_stays_within_the_budget(moe, tmp_path):
+    # in a fresh process: the model file's resident pages plus the memory grown while generating
+    # (cache slots, buffers) stay under the budget; the experts are never touched through the mmap
+    budget = budget_for(moe, 0.3)
+    code = f"""
+import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_expert_cache import rss_anon_and_file
+from fitllm.api import Llama
+a0, _ = rss_anon_and_file({moe!r})
+llm = Llama({moe!r}, n_ctx=128, verbose=False, memory_budget={budget})
+llm.create_completion(llm.tokenize(b"Once upon a time"), max_tokens=24, temperature=0)
+a1, f1 = rss_anon_and_file({moe!r})
+print(a1 - a0, f1, llm._model.n_slots * llm._model.slot_bytes)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    grown, mapped, slots = map(int, out.stdout.split())
+    shape = shape_of_gguf(moe)
+    experts = sum(b for n, (_, b) in shape.tensors.items() if "_exps" in n)
+    # the dense part only, and its edges: the header (metadata) and up to 64 KiB per tensor that
+    # the kernel maps around a fault (fault-around), from the experts beside it
+    f = GGUFFile(moe)
+    assert mapped <= shape.weight_bytes - experts + f.data_offset + (64 << 10) * len(f.tensors)
+    assert grown + mapped <= budget
+    assert slots <= budget - (shape.weight_bytes - experts)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.isdir("/sys/fs/cgroup/memory"), reason="needs root, cgroup v1"
+)
+def test_runs_under_a_memory_cgroup(moe, uncapped, tmp_path):
+    # the kernel enforces the cap (page cache included): no OOM kill, the same text
+    cap = budget_for(moe, 0.3) + (150 << 20)  # the interpreter and libraries on top
+    rel = next(x.split(":", 2)[2] for x in open("/proc/self/cgroup").read().splitlines() if ":memory:" in x)
+    cg = f"/sys/fs/cgroup/memory{rel.rstrip('/')}/fitllm-test-{os.getpid()}"
+    try:
+        os.makedirs(cg)
+        open(f"{cg}/memory.limit_in_bytes", "w").write(str(cap))
+    except OSError:
+        pytest.skip("cannot create a memory cgroup here")
+    code = f"""
+from fitllm.api import Llama
+llm = Llama({moe!r}, n_ctx=128, verbose=False)
+out = llm.create_completion(llm.tokenize({PROMPT!r}), max_tokens=16, temperature=0)
+print(out["choices"][0]["text"], end="")
+print("|" + type(llm._model).__name__)
+"""
+    try:
+        fd = os.open(moe, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # pages are charged to whoever read them first
+        os.close(fd)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=lambda: open(f"{cg}/cgroup.procs", "w").write(str(os.getpid())),
+        )
+    finally:
+        os.rmdir(cg)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text, kind = out.stdout.rsplit("|", 1)
+    assert kind.strip() == "ExpertCache" and text == uncapped[1]
