@@ -88,3 +88,15 @@ def test_run_refuses_a_model_bigger_than_memory(smollm2_path, monkeypatch):
     with pytest.raises(MemoryError, match="--mmap-stream"):
         Llama(smollm2_path, verbose=False)
     assert Llama(smollm2_path, verbose=False, mmap_stream=True).n_vocab() == 49152
+
+
+def test_expert_streaming_estimate():
+    # Grok-1 Q4_K on one 128 GiB host: the dense part (attention, embedding) and KV stay, the rest
+    # of the memory caches 384 of the 512 (64 layers x 8) experts
+    g = P.shape_of_grok1("q4_k")
+    text = P.stream_estimate(g, 128 << 30, 8192, 5e9, 400e9)
+    assert "384 of 512 experts cached, hit rate 75%" in text
+    assert "~0.44 tok/s" in text
+    assert "hit rate 90% (given)" in P.stream_estimate(g, 128 << 30, 8192, 5e9, 400e9, hit_rate=0.9)
+    assert P.stream_estimate(g, 400 << 30, 8192, 5e9, 400e9) is None  # it fits whole
+    assert "does NOT fit" in P.stream_estimate(g, 8 << 30, 8192, 5e9, 400e9)

@@ -15,10 +15,13 @@ import time
 ENGINES = ("fitllm", "llama.cpp")
 
 
-def _child(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
+def _child(engine: str, model: str, threads: int, n_prompt: int, n_gen: int, budget: str = "") -> dict:
     t0 = time.perf_counter()
+    extra = {}
     if engine == "fitllm":
         from fitllm import Llama
+
+        extra = {"memory_budget": budget} if budget else {}
     else:
         from llama_cpp import Llama
     llm = Llama(
@@ -28,6 +31,7 @@ def _child(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> 
         n_threads=threads,
         n_threads_batch=threads,
         verbose=False,
+        **extra,
     )
     vocab = llm.n_vocab()
     prompt = [(i * 7919 + 13) % (vocab - 300) + 256 for i in range(n_prompt)]
@@ -42,11 +46,23 @@ def _child(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> 
         llm.eval([prompt[i % n_prompt]])
     gen_s = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"load_s": load_s, "prompt_tps": n_prompt / prompt_s, "decode_tps": n_gen / gen_s, "rss": rss}
+    out = {"load_s": load_s, "prompt_tps": n_prompt / prompt_s, "decode_tps": n_gen / gen_s, "rss": rss}
+    summary = getattr(getattr(llm, "_model", None), "summary", None)  # experts streamed
+    return out | ({"experts": summary()} if summary else {})
 
 
-def _measure(engine: str, model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
-    cmd = [sys.executable, "-m", "fitllm.bench", engine, model, str(threads), str(n_prompt), str(n_gen)]
+def _measure(engine: str, model: str, threads: int, n_prompt: int, n_gen: int, budget: str = "") -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "fitllm.bench",
+        engine,
+        model,
+        str(threads),
+        str(n_prompt),
+        str(n_gen),
+        budget,
+    ]
     r = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
     )
@@ -73,12 +89,15 @@ def memory_bandwidth_gbs(n_bytes: int = 1 << 28) -> float:
     return best / 1e9
 
 
-def run_bench(model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, vs_llamacpp: bool) -> str:
+def run_bench(
+    model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, vs_llamacpp: bool, budget: str = ""
+) -> str:
+    """budget: fitllm's --memory-budget (a MoE bigger than it streams its experts)."""
     engines = ENGINES if vs_llamacpp else ENGINES[:1]
     res: dict[str, list[dict]] = {e: [] for e in engines}
     for _ in range(rounds):
         for e in engines:
-            res[e].append(_measure(e, model, threads, n_prompt, n_gen))
+            res[e].append(_measure(e, model, threads, n_prompt, n_gen, budget if e == "fitllm" else ""))
     from fitllm.plan import shape_of_gguf
 
     weight_bytes = shape_of_gguf(model).read_per_token()  # MoE: the used experts only
@@ -99,6 +118,7 @@ def run_bench(model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, 
             f" {100 * statistics.median(dec) / ceiling:>8.0f}% {_fmt([x['load_s'] for x in r], 1, 2):>16}"
             f" {statistics.median([x['rss'] for x in r]) / 1e6:>12.0f}"
         )
+    lines += [f"fitllm {x['experts']}" for x in res["fitllm"][-1:] if "experts" in x]
     if vs_llamacpp:
         med = {e: {k: statistics.median(x[k] for x in res[e]) for k in res[e][0]} for e in engines}
         a, b = med["fitllm"], med["llama.cpp"]
@@ -112,4 +132,5 @@ def run_bench(model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, 
 
 if __name__ == "__main__":
     engine, model, threads, n_prompt, n_gen = sys.argv[1:6]
-    print(json.dumps(_child(engine, model, int(threads), int(n_prompt), int(n_gen))))
+    budget = sys.argv[6] if len(sys.argv) > 6 else ""
+    print(json.dumps(_child(engine, model, int(threads), int(n_prompt), int(n_gen), budget)))

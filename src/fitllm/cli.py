@@ -62,11 +62,8 @@ def _bench(a: argparse.Namespace) -> None:
     from fitllm.bench import run_bench
     from fitllm.default_model import default_model_path
 
-    print(
-        run_bench(
-            a.model or str(default_model_path()), a.threads, a.n_prompt, a.n_gen, a.rounds, a.vs_llamacpp
-        )
-    )
+    model = a.model or str(default_model_path())
+    print(run_bench(model, a.threads, a.n_prompt, a.n_gen, a.rounds, a.vs_llamacpp, a.memory_budget or ""))
 
 
 def _convert(a: argparse.Namespace) -> None:
@@ -91,6 +88,10 @@ def _plan(a: argparse.Namespace) -> None:
     net = (a.net_latency, P.parse_size(a.net_bandwidth, binary=False))
     text, _ = P.plan(m, hosts, a.ctx_size, bw, *net)
     print(text)
+    disk = P.parse_size(a.disk_bandwidth, binary=False)
+    stream = P.stream_estimate(m, min(hosts), a.ctx_size, disk, bw, a.hit_rate)
+    if stream:
+        print(stream)
     if a.arch:
         print(P.suggest(a.arch, hosts, a.ctx_size, bw, *net))
 
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-n", "--n-gen", type=int, default=128)
     b.add_argument("-r", "--rounds", type=int, default=3)
     b.add_argument("--vs-llamacpp", action="store_true")
+    b.add_argument("--memory-budget", help="fitllm's memory budget: a MoE bigger than it streams its experts")
     b.set_defaults(func=_bench)
 
     from fitllm.convert.grok1 import OUT_TYPES
@@ -174,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--bandwidth", help="memory read bandwidth per host, e.g. 100G (default: measured)")
     pl.add_argument("--net-latency", type=float, default=50e-6, help="seconds per message (default 50e-6)")
     pl.add_argument("--net-bandwidth", default="1.25G", help="bytes/s between hosts (default 1.25G: 10 GbE)")
+    pl.add_argument("--disk-bandwidth", default="1.5G", help="bytes/s read from disk (expert streaming)")
+    pl.add_argument("--hit-rate", type=float, help="expert cache hit rate (default: uniform routing's)")
     pl.set_defaults(func=_plan)
     return p
 

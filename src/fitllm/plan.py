@@ -49,6 +49,11 @@ class ModelShape:
     head_dim: int
     n_embd: int
     expert_share: float = 1.0  # share of the stacked experts a token reads (used / total)
+    n_expert: int = 0
+
+    @property
+    def expert_bytes(self) -> int:
+        return sum(b for n, (_, b) in self.tensors.items() if "_exps" in n)
 
     @property
     def weight_bytes(self) -> int:
@@ -89,6 +94,7 @@ def shape_of_gguf(f, quant: str | None = None) -> ModelShape:
         head_dim=hd,
         n_embd=f.get(f"{a}.embedding_length"),
         expert_share=used / total if total else 1.0,
+        n_expert=total,
     )
 
 
@@ -114,8 +120,9 @@ def shape_of_grok1(quant: str) -> ModelShape:
         tensors[leaf.gguf_name + ".weight"] = (int(t), tensor_nbytes(gguf_shape(leaf), t))
     share = cfg.num_selected_experts / cfg.num_experts
     return ModelShape(
-        f"Grok-1 {quant}", tensors, cfg.num_layers, cfg.num_kv_heads, cfg.key_size, cfg.emb_size, share
-    )
+        f"Grok-1 {quant}", tensors, cfg.num_layers, cfg.num_kv_heads, cfg.key_size, cfg.emb_size, share,
+        cfg.num_experts,
+    )  # fmt: skip
 
 
 def _default_model(quant: str) -> ModelShape:
@@ -233,6 +240,30 @@ def estimate(
         compute = max(w / total * read for w in s.weights) / bandwidth
         net = 0.0 if n == 1 else 2 * m.n_layer * (2 * latency + 2 * (n - 1) / n * act / net_bw)
     s.tok_s = 1.0 / (compute + net)
+
+
+def stream_estimate(
+    m: ModelShape, memory: int, n_ctx: int, disk_bw: float, mem_bw: float, hit_rate: float | None = None
+) -> str | None:
+    """One host smaller than a MoE: its experts streamed through a cache filling what the dense part,
+    KV cache and overhead leave (expert_cache.py). Without a measured hit rate, uniform routing's
+    (cache slots / experts): the worst case. Disk reads and compute are added, not overlapped."""
+    if not m.n_expert or m.weight_bytes + kv_bytes(m, n_ctx, m.n_layer) + OVERHEAD <= memory:
+        return None
+    slot = m.expert_bytes // (m.n_layer * m.n_expert)  # one expert of one layer: gate, up, down
+    left = memory - (m.weight_bytes - m.expert_bytes) - kv_bytes(m, n_ctx, m.n_layer) - OVERHEAD
+    if left < slot:
+        return f"expert streaming on {_gb(memory)}: does NOT fit (the dense part alone needs more)"
+    slots = left // slot
+    hit = min(1.0, slots * slot / m.expert_bytes) if hit_rate is None else hit_rate
+    disk = m.expert_bytes * m.expert_share * (1 - hit)
+    tok_s = 1.0 / (disk / disk_bw + m.read_per_token() / mem_bw)
+    how = "uniform routing, the worst case" if hit_rate is None else "given"
+    return (
+        f"expert streaming on {_gb(memory)}: {slots} of {m.expert_bytes // slot} experts cached, hit rate"
+        f" {hit:.0%} ({how}), {_gb(disk)} read from disk per token: ~{tok_s:.2f} tok/s at disk"
+        f" {disk_bw / 1e9:.1f} GB/s"
+    )
 
 
 def by_type(m: ModelShape) -> dict[str, int]:
