@@ -26,6 +26,21 @@ from fitllm.models.base import DecoderModel
 
 log = logging.getLogger(__name__)
 POLICIES = ("lru", "lfu")
+CHUNK = 2 << 20  # bytes per read: small reads over 4 threads were the fastest here (1.46 GB/s vs 1.0 at 16 MiB)
+
+
+class Reads:
+    """The chunk reads that fill one slot."""
+
+    def __init__(self, futures: list[Future]) -> None:
+        self.futures = futures
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def result(self) -> None:
+        for f in self.futures:
+            f.result()
 
 
 @dataclass
@@ -47,7 +62,7 @@ class Stats:
 
 class ExpertCache:
     def __init__(
-        self, model: DecoderModel, budget: int, policy: str = "lru", prefetch: bool = True, readers: int = 2
+        self, model: DecoderModel, budget: int, policy: str = "lru", prefetch: bool = True, readers: int = 4
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown cache policy {policy!r} ({', '.join(POLICIES)})")
@@ -67,7 +82,7 @@ class ExpertCache:
             )
         self.slots: list[np.ndarray] = []
         self.where: dict[tuple[int, int], int] = {}  # (layer, expert) -> slot
-        self.ready: dict[tuple[int, int], Future] = {}  # its read
+        self.ready: dict[tuple[int, int], Reads] = {}  # its reads
         self.uses: dict[tuple[int, int], int] = {}
         self.pinned: set[tuple[int, int]] = set()  # the expert being computed
         self.wanted: set[tuple[int, int]] = set()  # chosen in the current layer, not yet run
@@ -90,22 +105,30 @@ class ExpertCache:
             m._specs[i].layer_id = i
 
     # --- reading --------------------------------------------------------------------------------
-    def _read(self, key: tuple[int, int], slot: int) -> None:
+    def _read_chunk(self, view: memoryview, off: int) -> None:
+        got, n = 0, len(view)
+        while got < n:
+            r = os.preadv(self.fd, [view[got:]], off + got)
+            if r <= 0:
+                raise OSError(f"{self.model.file.path}: short read at byte {off + got}")
+            got += r
+        os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)  # not held twice
+        with self._lock:
+            self.stats.bytes_read += n
+
+    def _read(self, key: tuple[int, int], slot: int) -> Reads:
+        """Start reading an expert into a slot: its gate, up and down rows in chunks over the reader
+        threads (parallel reads: about twice one stream's speed here)."""
         layer, e = key
-        blk, buf, at = self.layers[layer], self.slots[slot], 0
+        blk, buf, at, futures = self.layers[layer], memoryview(self.slots[slot]), 0, []
         for ex, n in zip((blk.ffn_gate_exps, blk.ffn_up_exps, blk.ffn_down_exps), self.parts):
             off = ex.weight.offset + e * n
-            view = memoryview(buf)[at : at + n]
-            got = 0
-            while got < n:
-                r = os.preadv(self.fd, [view[got:]], off + got)
-                if r <= 0:
-                    raise OSError(f"{self.model.file.path}: short read of expert {e} of layer {layer}")
-                got += r
-            os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)
+            for c in range(0, n, CHUNK):
+                futures.append(
+                    self.pool.submit(self._read_chunk, buf[at + c : at + min(n, c + CHUNK)], off + c)
+                )
             at += n
-        with self._lock:
-            self.stats.bytes_read += self.slot_bytes
+        return Reads(futures)
 
     def _score(self, key: tuple[int, int]) -> int:
         """What the policy keeps: the higher, the longer (lru: last use, lfu: number of uses)."""
@@ -142,7 +165,7 @@ class ExpertCache:
         if slot is None:
             return False
         self.where[key] = slot
-        self.ready[key] = self.pool.submit(self._read, key, slot)
+        self.ready[key] = self._read(key, slot)
         return True
 
     # --- the callback from the compiled MoE -----------------------------------------------------
@@ -176,7 +199,7 @@ class ExpertCache:
             self._start((layer, e))
         nxt = next((i for i in self.layers if i > layer), None)
         # guesses that are mostly wrong (random routers) only evict what might be used: stop them
-        useful = st.guesses < 16 or st.guess_rate() >= 0.3
+        useful = st.guesses < 16 or st.guess_rate() >= 0.5
         if self.prefetch and useful and nxt is not None:
             x = np.ctypeslib.as_array(h, (T, self.model.hp.n_embd))
             logits = self.layers[nxt].ffn_gate_inp(x)  # (T, n_expert)
