@@ -37,7 +37,7 @@ class Llama:
         split_mode: int | str = "layer",
         tensor_split: list[float] | None = None,
         memory_budget: int | str | None = None,
-        expert_cache: str = "lru",
+        expert_cache: str = "lfu",
         prefetch_experts: bool = True,
         **_ignored: Any,
     ) -> None:
@@ -45,7 +45,7 @@ class Llama:
         without it such a model is refused up front (MemoryError) instead of being OOM-killed.
         A mixture-of-experts model bigger than memory_budget (bytes or "16G"; default: the
         machine's or its cgroup's memory) runs with its experts streamed from disk through a cache
-        ("lru" or "lfu") that fills the rest of the budget (expert_cache.py), when its dense part fits.
+        ("lfu" or "lru") that fills the rest of the budget (expert_cache.py), when its dense part fits.
 
         Under `mpirun -n N` the model is split over the N ranks: split_mode "layer" (1, pipeline)
         or "tensor" (2, llama.cpp's "row"), tensor_split the ranks' shares (default: in

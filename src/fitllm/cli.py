@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-budget",
         help="memory to use, e.g. 16G (default: the machine's or cgroup's); a bigger MoE streams its experts",
     )
-    r.add_argument("--expert-cache", default="lru", choices=["lru", "lfu"], help="expert cache policy")
+    r.add_argument(
+        "--expert-cache", default="lfu", choices=["lfu", "lru"], help="expert cache policy (lru cycles)"
+    )
     r.add_argument(
         "--split-mode",
         default="layer",
