@@ -18,14 +18,7 @@ import time
 
 import numpy as np
 
-MPIRUN = [
-    "mpirun",
-    "--oversubscribe",
-    "--allow-run-as-root",
-    "--mca",
-    "btl_vader_single_copy_mechanism",
-    "none",
-]
+from fitllm.distributed.comm import LOCAL_MPIRUN as MPIRUN
 
 
 def timed(model, kv_new, n_prompt: int, n_gen: int) -> dict:

@@ -125,31 +125,23 @@ def test_killed_rank_ends_the_job(models, tmp_path):
     assert "rank 1" in r.stdout + r.stderr
 
 
+def two_ranks(tmp_path, model0: str, model1: str, rank1_env: tuple[str, ...] = ()):
+    """A job of two differently started ranks (mpirun's MPMD form)."""
+    job = [sys.executable, JOB, "layer", "-", str(tmp_path)]
+    a, b = ([*job[:2], m, *job[2:]] for m in (model0, model1))
+    cmd = [*MPIRUN, "-n", "1", *a, ":", "-n", "1", *rank1_env, *b]
+    env = {**os.environ, "PYTHONPATH": str(Path(JOB).parent)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+
 def test_different_model_files_are_refused(models, tmp_path):
-    job = [sys.executable, JOB, "{}", "layer", "-", str(tmp_path)]
-    a, b = ([models[m] if x == "{}" else x for x in job] for m in ("smollm2", "moe"))
-    cmd = [*MPIRUN, "-n", "1", *a, ":", "-n", "1", *b]
-    r = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(JOB).parent)},
-    )
+    r = two_ranks(tmp_path, models["smollm2"], models["moe"])
     assert r.returncode != 0
     assert "model file" in r.stderr and "rank(s) 1" in r.stderr
 
 
 def test_rank_short_of_memory_is_refused(models, tmp_path):
-    job = [sys.executable, JOB, models["smollm2"], "layer", "-", str(tmp_path)]
-    cmd = [*MPIRUN, "-n", "1", *job, ":", "-n", "1", "-x", "FITLLM_MEMORY=300M", *job]
-    r = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(JOB).parent)},
-    )
+    r = two_ranks(tmp_path, models["smollm2"], models["smollm2"], ("-x", "FITLLM_MEMORY=300M"))
     assert r.returncode != 0
     assert "rank 1 needs" in r.stderr
 

@@ -18,6 +18,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# mpirun for ranks on this machine (tests, benchmarks): more ranks than cores, as root too, and
+# plain copies in the shared-memory transport (containers may forbid its ptrace single copy)
+LOCAL_MPIRUN = [
+    "mpirun",
+    "--oversubscribe",
+    "--allow-run-as-root",
+    "--mca",
+    "btl_vader_single_copy_mechanism",
+    "none",
+]
 _ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 
 
