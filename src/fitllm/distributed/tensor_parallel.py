@@ -16,6 +16,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from fitllm import kernels
 from fitllm.distributed.comm import Comm, DistributedError
@@ -26,7 +27,10 @@ from fitllm.models.base import DecoderModel
 from fitllm.models.layers import Linear
 from fitllm.models.moe import Experts
 
-BLOCK = {0: 1, 1: 1, 30: 1, 2: 32, 3: 32, 6: 32, 7: 32, 8: 32, 10: 256, 11: 256, 12: 256, 13: 256, 14: 256}
+
+def block(ggml_type: int) -> int:
+    """Elements per block of a type: column slices are cut on these."""
+    return GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)][0]
 
 
 def cuts(n: int, shares: list[float], unit: int = 1) -> list[int]:
@@ -89,16 +93,14 @@ class Shard:
             raise DistributedError(
                 f"{n} ranks but the model has {hp.n_head} attention heads: use at most that many"
             )
-        o_block = max(BLOCK[b.attn_output.weight.ggml_type] for b in model.blk)
+        o_block = max(block(b.attn_output.weight.ggml_type) for b in model.blk)
         unit = int(np.lcm(hp.head_dim, o_block) // hp.head_dim)
         self.heads = cuts(hp.n_head, shares, unit)
         self.grp = hp.n_head // hp.n_head_kv
-        ff = [self._ffn(b) for b in model.blk]
-        down_block = max(BLOCK[d.weight.ggml_type] for d, _ in ff)
-        self.n_ff = ff[0][1]
-        self.ffs = cuts(self.n_ff, shares, down_block)
+        downs = [getattr(b, "ffn_down_exps", None) or b.ffn_down for b in model.blk]
+        self.ffs = cuts(downs[0].n_in, shares, max(block(d.weight.ggml_type) for d in downs))
         self.vocab = cuts(hp.n_vocab, shares)
-        self.rank, self.f = rank, f
+        self.rank, self.f, self.hd = rank, f, hp.head_dim
         self.used = hp.n_expert_used / hp.n_expert if hp.n_expert else 1.0
         self.bytes = self.copied = self.read_per_token = 0  # copied: read from the file, not mapped
 
@@ -106,11 +108,6 @@ class Shard:
         self.bytes += nbytes
         self.copied += nbytes if copied else 0
         self.read_per_token += int(nbytes * (self.used if experts else 1))
-
-    @staticmethod
-    def _ffn(blk: SimpleNamespace):
-        d = getattr(blk, "ffn_down_exps", None) or blk.ffn_down
-        return d, d.n_in
 
     def kv_range(self) -> tuple[int, int]:
         h0, h1 = self.heads[self.rank], self.heads[self.rank + 1]
@@ -137,8 +134,9 @@ class Shard:
         self._count(data.nbytes, copied=True, experts=True)
         return Experts(Tensor(ex.weight.name, ex.weight.ggml_type, (E, b - a, D), data))
 
-    def block(self, blk: SimpleNamespace) -> SimpleNamespace:
-        hd, r = blk.attn_q.n_out // (self.heads[-1]), self.rank
+    def layer(self, blk: SimpleNamespace) -> SimpleNamespace:
+        """This rank's slices of a block, under the block's names."""
+        hd, r = self.hd, self.rank
         h0, h1 = self.heads[r], self.heads[r + 1]
         g0, g1 = self.kv_range()
         f0, f1 = self.ffs[r], self.ffs[r + 1]
@@ -168,7 +166,7 @@ class TensorParallelModel(SplitModel):
         local.hp = replace(
             model.hp, n_head=sh.heads[r + 1] - sh.heads[r], n_head_kv=g1 - g0, n_ff=sh.ffs[r + 1] - sh.ffs[r]
         )
-        local.blk = [sh.block(b) for b in model.blk]
+        local.blk = [sh.layer(b) for b in model.blk]
         local.output = sh._rows(model.output, sh.vocab[r], sh.vocab[r + 1])
         self.local = local
         self._specs = []
