@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -72,6 +73,7 @@ class Llama:
         self.input_ids: list[int] = []
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         self._last_logits: np.ndarray | None = None
+        self._chat_template = None
         if verbose:
             log.info(
                 "loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer
@@ -222,6 +224,43 @@ class Llama:
         return completion_result(self, tokens, finish, stops, echo_text, meta, len(prompt_tokens))
 
     __call__ = create_completion
+
+    @property
+    def chat_template(self):
+        """The model's chat template (ChatML when the file has none), in jinja2's sandbox."""
+        if self._chat_template is None:
+            from fitllm.chat import ChatTemplate
+
+            tok = self._tok
+            text = lambda i: tok.tokens[i] if i is not None else ""  # noqa: E731
+            source = self._file.get("tokenizer.chat_template", None)
+            self._chat_template = ChatTemplate(source, text(tok.bos_id), text(tok.eos_id))
+        return self._chat_template
+
+    def create_chat_completion(
+        self, messages: list[dict[str, Any]], max_tokens: int | None = None, stream: bool = False, **kw: Any
+    ) -> dict | Iterator[dict]:
+        """llama-cpp-python's create_chat_completion: the messages rendered with the model's chat
+        template, completed; a chat.completion, or chat.completion.chunk objects when streaming."""
+        from fitllm.chat import chat_chunks, chat_result
+
+        t = self.chat_template
+        prompt = t.render(messages, add_generation_prompt=True)
+        # a template that writes the BOS text itself gets no second one
+        bos_in_text = bool(t.bos_token) and prompt.startswith(t.bos_token)
+        tokens = self.tokenize(prompt.encode(), add_bos=not bos_in_text, special=True)
+        out = self.create_completion(tokens, max_tokens=max_tokens, stream=stream, **kw)
+        return chat_chunks(out, self.model_path) if stream else chat_result(out)
+
+    def fork(self) -> Llama:
+        """Another Llama on the same weights and tokenizer, with its own context (KV cache, tokens,
+        sampler): a server slot. Their evaluations must not overlap (the kernels share buffers)."""
+        other = copy.copy(self)
+        other._kv = self._model.new_cache(self._n_ctx)
+        other.input_ids, other._last_logits = [], None
+        other._scores = np.zeros_like(self._scores)
+        other._rng = np.random.default_rng()
+        return other
 
     def _stream_tokens(
         self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict
