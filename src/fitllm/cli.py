@@ -52,6 +52,30 @@ def _run(a: argparse.Namespace) -> None:
     llm.close()
 
 
+def _load(a: argparse.Namespace):
+    from fitllm import kernels
+    from fitllm.api import Llama
+    from fitllm.default_model import default_model_path
+
+    if a.threads:
+        kernels.set_threads(a.threads)
+    return Llama(a.model or str(default_model_path()), n_ctx=a.ctx_size, verbose=False)
+
+
+def _serve(a: argparse.Namespace) -> None:
+    from fitllm.server import serve
+
+    llm = _load(a)
+    print(f"fitllm: serving {llm.model_path} on http://{a.host}:{a.port} (chat page at /)", file=sys.stderr)
+    serve(llm, a.host, a.port, a.api_key, a.parallel, a.queue)
+
+
+def _chat(a: argparse.Namespace) -> None:
+    from fitllm.runner import chat
+
+    chat(_load(a), a.system, dict(temperature=a.temp, top_p=a.top_p, max_tokens=a.n_predict))
+
+
 def _info(a: argparse.Namespace) -> None:
     from fitllm.info import describe
 
@@ -141,6 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="under mpirun: the ranks' shares, e.g. 3,2,2 (default: their memory)",
     )
     r.set_defaults(func=_run)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (and a chat page at /)")
+    ch = sub.add_parser("chat", help="chat in the terminal with the model's chat template")
+    for x in (sv, ch):
+        x.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+        x.add_argument("-c", "--ctx-size", type=int, default=4096)
+        x.add_argument("-t", "--threads", type=int)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
+    sv.add_argument("--parallel", type=int, default=2, help="requests generated at once (slots)")
+    sv.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
+    sv.set_defaults(func=_serve)
+    ch.add_argument("--system", help="a system message")
+    ch.add_argument("--temp", type=float, default=0.7)
+    ch.add_argument("--top-p", type=float, default=0.95)
+    ch.add_argument("-n", "--n-predict", type=int, default=-1)
+    ch.set_defaults(func=_chat)
 
     i = sub.add_parser("info", help="architecture, hyper-parameters and tensor types of a GGUF file")
     i.add_argument("model")

@@ -58,3 +58,34 @@ def run(
         if color:
             out.write(GREEN + line + RESET)
         transcript += line
+
+
+def chat(
+    llm: Llama, system: str | None, sampling: dict, out: TextIO = sys.stdout, inp: TextIO = sys.stdin
+) -> None:
+    """Interactive chat: the model's chat template, replies streamed, the history kept; /reset
+    forgets it, /exit (or end of input) leaves."""
+    history = [{"role": "system", "content": system}] if system else []
+    start = len(history)
+    out.write("fitllm chat: /reset forgets the conversation, /exit leaves\n")
+    while True:
+        out.write("> ")
+        out.flush()
+        line = inp.readline()
+        if not line or line.strip() == "/exit":
+            out.write("\n")
+            return
+        if line.strip() == "/reset":
+            del history[start:]
+            llm.reset()
+            out.write("(conversation reset)\n")
+            continue
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        reply = ""
+        for chunk in llm.create_chat_completion(history, stream=True, **sampling):
+            piece = chunk["choices"][0]["delta"].get("content", "")
+            reply += piece
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        history.append({"role": "assistant", "content": reply})
