@@ -83,7 +83,7 @@ class Slots:
 
 
 def _num(body: dict, key: str, kind: type, lo: float, hi: float, default: Any) -> Any:
-    v = body.get(key, default)
+    v = body.get(key)
     if v is None:
         return default
     if (
@@ -105,9 +105,9 @@ def sampling_args(body: dict, n_ctx: int) -> dict:
         and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
     ):
         raise HTTPError(400, "'stop' must be a string or a list of strings", code="invalid_value")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     return dict(
-        max_tokens=_num({"m": max_tokens}, "m", int, 0, n_ctx, None),
+        max_tokens=_num(body, key, int, 0, n_ctx, None),
         temperature=_num(body, "temperature", float, 0.0, 2.0, 1.0),
         top_p=_num(body, "top_p", float, 0.0, 1.0, 1.0),
         min_p=_num(body, "min_p", float, 0.0, 1.0, 0.0),
