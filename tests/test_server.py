@@ -25,7 +25,9 @@ def start(server: Server) -> tuple[str, uvicorn.Server]:
         port = s.getsockname()[1]
     u = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=u.run, daemon=True).start()
+    deadline = time.time() + 30
     while not u.started:
+        assert time.time() < deadline, "the server did not start"
         time.sleep(0.05)
     return f"http://127.0.0.1:{port}", u
 
