@@ -76,6 +76,18 @@ def _chat(a: argparse.Namespace) -> None:
     chat(_load(a), a.system, dict(temperature=a.temp, top_p=a.top_p, max_tokens=a.n_predict))
 
 
+def _perplexity(a: argparse.Namespace) -> None:
+    from fitllm.perplexity import perplexity
+
+    llm = _load(a)
+    text = open(a.file, encoding="utf-8", errors="replace").read()
+    tokens = llm.tokenize(text.encode(), add_bos=True, special=False)  # as llama.cpp's tool does
+    tok = llm._tok
+    bos = tok.bos_id if tok.add_bos else None
+    r = perplexity(llm._model, tokens, a.ctx_size, min(a.batch_size, a.ctx_size), bos, a.chunks)
+    print(r.report())
+
+
 def _info(a: argparse.Namespace) -> None:
     from fitllm.info import describe
 
@@ -178,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--parallel", type=int, default=2, help="requests generated at once (slots)")
     sv.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
     sv.set_defaults(func=_serve)
+    pp = sub.add_parser("perplexity", help="perplexity of a text file, scored as llama.cpp's perplexity tool")
+    pp.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+    pp.add_argument("-f", "--file", required=True, help="the text")
+    pp.add_argument("-c", "--ctx-size", type=int, default=512, help="tokens per chunk")
+    pp.add_argument("-b", "--batch-size", type=int, default=512)
+    pp.add_argument("-t", "--threads", type=int)
+    pp.add_argument("--chunks", type=int, default=-1, help="at most this many chunks")
+    pp.set_defaults(func=_perplexity)
     ch.add_argument("--system", help="a system message")
     ch.add_argument("--temp", type=float, default=0.7)
     ch.add_argument("--top-p", type=float, default=0.95)

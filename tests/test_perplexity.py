@@ -1,0 +1,40 @@
+"""Perplexity scored as llama.cpp's tool, against llama.cpp's own numbers on the same files and text."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, golden
+from fitllm.api import Llama
+from fitllm.perplexity import perplexity, score
+
+
+def test_score_is_minus_log_softmax():
+    logits = np.array([[0.0, np.log(3.0)], [5.0, 5.0]], np.float32)
+    np.testing.assert_allclose(score(logits, np.array([1, 0])), [np.log(4 / 3), np.log(2)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma"])
+def test_perplexity_agrees_with_llama_cpp(model_paths, name):
+    g = golden("perplexity")[name]  # made by tests/golden/perplexity.py
+    llm = Llama(model_paths[name], n_ctx=g["n_ctx"], verbose=False)
+    tokens = llm.tokenize((DATA / "ppl_text.txt").read_bytes(), add_bos=True)
+    assert len(tokens) == g["n_tokens"]
+    bos = llm._tok.bos_id if llm._tok.add_bos else None
+    r = perplexity(llm._model, tokens, g["n_ctx"], 64, bos, progress=False)
+    assert abs(r.ppl / g["ppl"] - 1) <= 0.005  # measured: smollm2 +0.16 %, gemma -0.22 %
+    assert len(r.running) == len(g["running"]) and r.tokens_scored == len(r.running) * (g["n_ctx"] // 2 - 1)
+
+
+def test_cli(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "fitllm", "perplexity", "-f", str(DATA / "ppl_text.txt"), "-c", "128", "--chunks", "2"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.startswith("[1]") and "Final estimate: PPL = " in out.stdout
+    with pytest.raises(ValueError, match="at least one chunk"):
+        perplexity(None, [1, 2, 3], 128, 64, None)
+    assert Path(DATA / "ppl_text.txt").stat().st_size > 4000
