@@ -30,10 +30,8 @@ def test_perplexity_agrees_with_llama_cpp(model_paths, name):
 
 
 def test_cli(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "fitllm", "perplexity", "-f", str(DATA / "ppl_text.txt"), "-c", "128", "--chunks", "2"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "fitllm", "perplexity", "-f", str(DATA / "ppl_text.txt"), "-c", "128"]
+    out = subprocess.run(cmd + ["--chunks", "2"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("[1]") and "Final estimate: PPL = " in out.stdout
     with pytest.raises(ValueError, match="at least one chunk"):
         perplexity(None, [1, 2, 3], 128, 64, None)
