@@ -1,10 +1,11 @@
 """Float tensors to GGUF block formats.
 
 gguf-py's reference quantizers (bit-exact with llama.cpp's *_ref ones) cover F32/F16/BF16 and the
-32-element formats; Q4_K, which gguf-py cannot make, follows llama.cpp's quantize_row_q4_K_ref
-(make_qkx2_quants: a weighted least-squares search over 21 candidate scales per 32 values), here
-vectorized over blocks. It is not bit-exact with llama.cpp's build (whose compiler fuses
-multiply-adds inside the search), but its error is within 1 % of it (tests/test_quant.py).
+32-element formats; the K formats, which gguf-py cannot make, follow llama.cpp's
+quantize_row_q{4,5,6}_K_ref (make_qkx2_quants: a weighted least-squares search over candidate
+(scale, min) per 32 values; make_qx_quants for Q6_K), here vectorized over blocks. They are not
+bit-exact with llama.cpp's build (numpy sums in another order; its compiler fuses multiply-adds),
+but their error is within 1 % of it (tests/test_quant.py; Q6_K matches 99.9 % of the bytes).
 Rows are processed in slices so a big tensor never needs more than a few hundred MB of temporaries."""
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def _qkx2(
     return np.where(flat, f(0), scale), -np.where(flat, lo, mn)
 
 
-def quantize_q4_k(x: np.ndarray) -> np.ndarray:
-    """(rows, cols) float32, cols a multiple of 256 -> (rows, cols / 256 * 144) uint8."""
-    rows, cols = x.shape
+def _k_levels(x: np.ndarray, nmax: int, rmin: float, nstep: int):
+    """Q4_K/Q5_K's common part (llama.cpp's quantize_row_q{4,5}_K_ref): per 32 values a weighted
+    (scale, min) search, both quantized to 6 bits per 256; returns d, dmin (fp16), the 12 packed
+    scale bytes and the levels (n_blocks, 8, 32) in [0, nmax]."""
     sub = x.reshape(-1, 32).astype(np.float32)
     w = np.sqrt(_sum(sub * sub) / np.float32(32))[:, None] + np.abs(sub)
-    sc, mn = (a.reshape(-1, 8) for a in _qkx2(sub, w))
+    sc, mn = (a.reshape(-1, 8) for a in _qkx2(sub, w, nmax, rmin, 0.1, nstep))
     max_sc, max_mn = sc.max(1), mn.max(1)
     ls = np.minimum(63, np.rint(np.where(max_sc > 0, 63 / np.where(max_sc > 0, max_sc, 1), 0)[:, None] * sc))
     lm = np.minimum(63, np.rint(np.where(max_mn > 0, 63 / np.where(max_mn > 0, max_mn, 1), 0)[:, None] * mn))
@@ -72,13 +74,89 @@ def quantize_q4_k(x: np.ndarray) -> np.ndarray:
     mj = dmin.astype(np.float32)[:, None] * lm
     xs = sub.reshape(-1, 8, 32)
     safe = np.where(dj == 0, np.float32(1), dj)
-    q = np.clip(np.rint((xs + mj[:, :, None]) / safe[:, :, None]), 0, 15).astype(np.uint8)
-    q = np.where(dj[:, :, None] == 0, 0, q).reshape(-1, 4, 2, 32)
+    q = np.clip(np.rint((xs + mj[:, :, None]) / safe[:, :, None]), 0, nmax).astype(np.uint8)
+    return d, dmin, packed, np.where(dj[:, :, None] == 0, 0, q)
+
+
+def _halves(d: np.ndarray) -> np.ndarray:
+    return d.view(np.uint8).reshape(-1, 2)
+
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    """(rows, cols) float32, cols a multiple of 256 -> (rows, cols / 256 * 144) uint8."""
+    rows, cols = x.shape
+    d, dmin, packed, q = _k_levels(x, 15, -1.0, 20)
+    q = q.reshape(-1, 4, 2, 32)
     qs = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1, 128)
-    out = np.concatenate(
-        [d.view(np.uint8).reshape(-1, 2), dmin.view(np.uint8).reshape(-1, 2), packed, qs], axis=1
+    return np.concatenate([_halves(d), _halves(dmin), packed, qs], axis=1).reshape(rows, cols // 256 * 144)
+
+
+def quantize_q5_k(x: np.ndarray) -> np.ndarray:
+    """(rows, cols) -> (rows, cols / 256 * 176): Q4_K's layout with a fifth bit per value in qh."""
+    rows, cols = x.shape
+    d, dmin, packed, q = _k_levels(x, 31, -0.5, 15)
+    q = q.reshape(-1, 4, 2, 32)  # 64 values per pair of sub-blocks: low nibbles, bit 4 into qh
+    lo = q & 0xF
+    qs = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(-1, 128)
+    hi = (q >> 4).astype(np.uint8)  # (nb, 4, 2, 32)
+    shifts = (2 * np.arange(4)[:, None] + np.arange(2)[None, :]).astype(np.uint8)  # bit 2n, 2n+1
+    qh = (hi << shifts[None, :, :, None]).sum(axis=(1, 2), dtype=np.uint8)  # disjoint bits
+    return np.concatenate([_halves(d), _halves(dmin), packed, qh, qs], axis=1).reshape(
+        rows, cols // 256 * 176
     )
-    return out.reshape(rows, cols // 256 * 144)
+
+
+def _qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """llama.cpp's make_qx_quants(n, nmax, rmse_type=1) per row of x: (scale, levels + nmax)."""
+    f = np.float32
+    amax_i = np.abs(x).argmax(1)
+    mx = x[np.arange(len(x)), amax_i]
+    zero = np.abs(mx) < f(1e-15)
+    mx = np.where(zero, f(1), mx)
+    w = x * x
+
+    def fit(iscale):
+        lv = np.clip(np.rint(iscale[:, None] * x), -nmax, nmax - 1)
+        return lv, _sum(w * x * lv), _sum(w * lv * lv)
+
+    lv, sumlx, suml2 = fit(-f(nmax) / mx)
+    scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, f(1)), f(0))
+    best = scale * sumlx
+    for k in [i for i in range(-9, 10) if i]:
+        lk, sx, s2 = fit(-(f(nmax) + f(0.1) * f(k)) / mx)
+        better = (s2 > 0) & (sx * sx > best * s2)
+        lv = np.where(better[:, None], lk, lv)
+        scale = np.where(better, sx / np.where(s2 > 0, s2, f(1)), scale)
+        best = np.where(better, scale * sx, best)
+    return np.where(zero, f(0), scale), np.where(zero[:, None], 0, lv + nmax).astype(np.int32)
+
+
+def quantize_q6_k(x: np.ndarray) -> np.ndarray:
+    """(rows, cols) -> (rows, cols / 256 * 210): 16 int8 scales per 256, 6-bit values (llama.cpp's
+    quantize_row_q6_K_ref)."""
+    rows, cols = x.shape
+    sub = x.reshape(-1, 16).astype(np.float32)
+    scales, levels = _qx(sub, 32)
+    scales, levels = scales.reshape(-1, 16), levels.reshape(-1, 16, 16)
+    pick = np.abs(scales).argmax(1)
+    max_scale = scales[np.arange(len(scales)), pick]
+    empty = np.abs(max_scale) < np.float32(1e-15)
+    iscale = np.float32(-128) / np.where(empty, np.float32(1), max_scale)
+    d = np.where(empty, 0, np.float32(1) / iscale).astype(np.float16)
+    sc = np.minimum(127, np.rint(iscale[:, None] * scales)).astype(np.int8)
+    dj = d.astype(np.float32)[:, None] * sc  # (nb, 16)
+    safe = np.where(dj == 0, np.float32(1), dj)
+    fresh = np.clip(np.rint(sub.reshape(-1, 16, 16) / safe[:, :, None]), -32, 31) + 32
+    L = np.where(dj[:, :, None] == 0, levels, fresh).astype(np.uint8).reshape(-1, 2, 4, 32)  # 128 per half
+    lo = L & 0xF
+    ql = np.concatenate([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2)
+    qh = (L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4) | ((L[:, :, 3] >> 4) << 6)
+    out = np.concatenate([ql.reshape(-1, 128), qh.reshape(-1, 64), sc.view(np.uint8), _halves(d)], axis=1)
+    out[empty] = 0
+    return out.reshape(rows, cols // 256 * 210)
+
+
+OWN = {Q.Q4_K: quantize_q4_k, Q.Q5_K: quantize_q5_k, Q.Q6_K: quantize_q6_k}  # gguf-py has no K quantizers
 
 
 def quantize(x: np.ndarray, ggml_type: int) -> np.ndarray:
@@ -88,7 +166,7 @@ def quantize(x: np.ndarray, ggml_type: int) -> np.ndarray:
         return np.ascontiguousarray(x, np.float32)
     if t == Q.F16:
         return np.ascontiguousarray(x, np.float16)
-    fn = quantize_q4_k if t == Q.Q4_K else (lambda a: quants.quantize(a, t))
+    fn = OWN.get(t) or (lambda a: quants.quantize(a, t))
     flat = x.reshape(-1, x.shape[-1])
     step = max(1, CHUNK_ELEMENTS // x.shape[-1])
     parts = [fn(np.ascontiguousarray(flat[i : i + step], np.float32)) for i in range(0, flat.shape[0], step)]
