@@ -88,6 +88,12 @@ def _perplexity(a: argparse.Namespace) -> None:
     print(r.report())
 
 
+def _quantize(a: argparse.Namespace) -> None:
+    from fitllm.quant.gguf_quantize import quantize_gguf
+
+    quantize_gguf(a.input, a.output, a.type, a.threads, progress=not a.no_progress)
+
+
 def _info(a: argparse.Namespace) -> None:
     from fitllm.info import describe
 
@@ -190,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--parallel", type=int, default=2, help="requests generated at once (slots)")
     sv.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
     sv.set_defaults(func=_serve)
+    qz = sub.add_parser("quantize", help="re-encode a GGUF at a llama.cpp type (Q8_0, Q4_K_M, ...)")
+    qz.add_argument("input")
+    qz.add_argument("output")
+    qz.add_argument("type", help="F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K")
+    qz.add_argument("-t", "--threads", type=int, default=len(__import__("os").sched_getaffinity(0)))
+    qz.add_argument("--no-progress", action="store_true")
+    qz.set_defaults(func=_quantize)
     pp = sub.add_parser("perplexity", help="perplexity of a text file, scored as llama.cpp's perplexity tool")
     pp.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
     pp.add_argument("-f", "--file", required=True, help="the text")

@@ -1,0 +1,86 @@
+"""`fitllm quantize IN OUT TYPE`: a GGUF re-encoded at a llama.cpp file type, streaming.
+
+Metadata (tokenizer, chat template...) is carried over with its GGUF types; general.file_type is
+the new one. Each tensor is decoded to float32 and quantized in row slices on worker threads
+(numpy releases the GIL), so memory stays near one slice per thread; the output is OUT.part until
+complete. Re-quantizing an already quantized model is allowed, with a warning (errors add up)."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import GGUFReader, GGUFValueType
+from tqdm import tqdm
+
+from fitllm import kernels
+from fitllm.gguf import GGUFFile
+from fitllm.gguf.writer import GGUFStreamWriter
+from fitllm.quant.quantize import quantize
+from fitllm.quant.recipe import FLOAT, Recipe
+
+log = logging.getLogger(__name__)
+SLICE_ELEMENTS = 1 << 21  # per worker task
+SKIP_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
+
+
+def _copy_metadata(src: str, w: GGUFStreamWriter) -> None:
+    for f in GGUFReader(src, "r").fields.values():
+        if f.name.startswith("GGUF.") or f.name in SKIP_KEYS:
+            continue
+        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
+        w.meta.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+
+
+def _slices(t, new: Q, threads: int, pool: ThreadPoolExecutor):
+    """The tensor re-encoded as `new`, slice by slice (in order)."""
+    cols = t.shape[-1]
+    rows = t.n_elements // cols
+    src_rb = kernels.row_bytes(t.ggml_type, cols)
+    step = max(1, SLICE_ELEMENTS // cols)
+
+    def job(r0: int) -> np.ndarray:
+        n = min(step, rows - r0)
+        x = kernels.dequantize(t.ggml_type, t.data[r0 * src_rb : (r0 + n) * src_rb], n, cols)
+        return quantize(x, new).view(np.uint8)
+
+    starts = list(range(0, rows, step))
+    for i in range(0, len(starts), threads):  # a window of tasks: bounded memory
+        for out in pool.map(job, starts[i : i + threads]):
+            yield out
+
+
+def quantize_gguf(src: str, dst: str, type_name: str, threads: int = 2, progress: bool = True) -> dict:
+    """Write dst: src at type_name (FTYPES in recipe.py). Returns {tensor name: new type name}."""
+    f = GGUFFile(src)
+    f.check_supported()
+    a = f.architecture
+    recipe = Recipe(
+        type_name, list(f.tensors), f.get(f"{a}.block_count", 0), int(f.get(f"{a}.expert_count", 0) or 0)
+    )
+    if any(t.ggml_type not in FLOAT for t in f.tensors.values() if len(t.shape) > 1):
+        log.warning("%s is already quantized: re-quantizing it adds the errors of both", src)
+    plan = {n: recipe.type_of(n, t.shape) or Q(t.ggml_type) for n, t in f.tensors.items()}
+    total = sum(t.nbytes for t in f.tensors.values())
+    with GGUFStreamWriter(dst, a) as w, ThreadPoolExecutor(threads) as pool:
+        _copy_metadata(src, w)
+        w.meta.add_file_type(recipe.file_type)
+        w.meta.add_quantization_version(2)
+        for n, t in f.tensors.items():
+            w.declare(n, t.shape, plan[n])
+        w.begin()
+        bar = tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"quantize {Path(dst).name}", disable=not progress
+        )
+        for n, t in f.tensors.items():
+            if plan[n] == t.ggml_type:
+                w.write(n, t.data)  # unchanged: copied
+            else:
+                for part in _slices(t, plan[n], threads, pool):
+                    w.write(n, part)
+            bar.update(t.nbytes)
+        bar.close()
+    return {n: q.name for n, q in plan.items()}

@@ -1,0 +1,103 @@
+"""Which type each tensor of a model gets for a llama.cpp file type (Q4_K_M, Q5_K_S, Q8_0, ...):
+llama.cpp's rules (src/llama-quant.cpp: llama_tensor_get_type) for the types fitllm can write.
+
+The K mixes give more bits where quantization hurts most: the output matrix (Q6_K), attn_v and
+ffn_down in the first and last eighth of the layers and every third one between (Q6_K for _M),
+the first attn_v / ffn_down layers (Q5_K for Q4_K_S). Rows that are not whole 256-blocks fall
+back to a 32-block type (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0), then F16."""
+
+from __future__ import annotations
+
+import re
+
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as Q
+
+# name -> (the type of most tensors, general.file_type = llama_ftype)
+FTYPES = {
+    "F32": (Q.F32, 0), "F16": (Q.F16, 1), "BF16": (Q.BF16, 32),
+    "Q8_0": (Q.Q8_0, 7), "Q4_0": (Q.Q4_0, 2), "Q4_1": (Q.Q4_1, 3), "Q5_0": (Q.Q5_0, 8), "Q5_1": (Q.Q5_1, 9),
+    "Q4_K_S": (Q.Q4_K, 14), "Q4_K_M": (Q.Q4_K, 15), "Q5_K_S": (Q.Q5_K, 16), "Q5_K_M": (Q.Q5_K, 17),
+    "Q6_K": (Q.Q6_K, 18),
+}  # fmt: skip
+ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+NOT_YET = ("Q2_K", "Q3_K", "Q3_K_S", "Q3_K_M", "Q3_K_L")
+FLOAT = (Q.F32, Q.F16, Q.BF16)
+
+
+def ftype(name: str) -> str:
+    n = ALIASES.get(name.upper(), name.upper())
+    if n in NOT_YET:
+        raise ValueError(f"{name}: fitllm cannot write Q2_K/Q3_K yet (choose from {', '.join(FTYPES)})")
+    if n not in FTYPES:
+        raise ValueError(f"unknown type {name!r} (choose from {', '.join(FTYPES)})")
+    return n
+
+
+def quantizable(name: str, shape: tuple[int, ...]) -> bool:
+    """llama.cpp's tensor_allows_quantization: matrices (and stacked experts), not norms or routers."""
+    return (
+        len(shape) >= 2
+        and name.endswith("weight")
+        and "_norm.weight" not in name
+        and "ffn_gate_inp" not in name
+    )
+
+
+def _more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+class Recipe:
+    """Types for the tensors of one model."""
+
+    def __init__(self, name: str, names: list[str], n_layer: int, n_expert: int) -> None:
+        self.ftype = ftype(name)
+        self.base, self.file_type = FTYPES[self.ftype]
+        self.n_layer, self.n_expert = n_layer, n_expert
+        self.tied = "output.weight" not in names
+        # llama.cpp counts attn_v tensors in layer order (not the file's, often blk.0, blk.1, blk.10...)
+        attn_v = sorted((n for n in names if ".attn_v." in n), key=lambda n: int(n.split(".")[1]))
+        self.attn_v_index = {n: i for i, n in enumerate(attn_v)}
+
+    def type_of(self, name: str, shape: tuple[int, ...]) -> Q | None:
+        """The tensor's new type; None: kept as it is (norms, routers, ...)."""
+        if not quantizable(name, shape):
+            return None
+        t = self.base
+        if self.base not in FLOAT:
+            t = self._mix(name, shape, t)
+            if shape[-1] % GGML_QUANT_SIZES[t][0]:
+                t = FALLBACK.get(t, t)
+                if shape[-1] % GGML_QUANT_SIZES[t][0]:
+                    t = Q.F16
+        return t
+
+    def _mix(self, name: str, shape: tuple[int, ...], t: Q) -> Q:
+        f, m = self.ftype, re.match(r"blk\.(\d+)\.", name)
+        layer = int(m.group(1)) if m else -1
+        if name == "output.weight" or (self.tied and name == "token_embd.weight"):
+            if shape[-1] % GGML_QUANT_SIZES[t][0]:
+                return Q.Q8_0
+            return t if t == Q.Q8_0 else Q.Q6_K
+        if ".attn_v." in name:
+            i = self.attn_v_index[name]
+            if self.n_expert == 8:
+                return Q.Q8_0
+            if f in ("Q4_K_M", "Q5_K_M") and _more_bits(i, len(self.attn_v_index)):
+                return Q.Q6_K
+            if f == "Q4_K_S" and i < 4:
+                return Q.Q5_K
+        elif ".attn_k." in name and self.n_expert == 8:
+            return Q.Q8_0
+        elif ".ffn_down" in name:
+            if f in ("Q4_K_M", "Q5_K_M") and _more_bits(layer, self.n_layer):
+                return Q.Q6_K
+            if f == "Q4_K_S" and layer < self.n_layer // 8:
+                return Q.Q5_K
+        elif ".attn_output." in name and self.n_expert == 8 and f in ("Q4_K_S", "Q4_K_M"):
+            return Q.Q5_K
+        elif ".attn_qkv." in name:
+            return {"Q4_K_M": Q.Q5_K, "Q5_K_M": Q.Q6_K}.get(f, t)
+        return t
