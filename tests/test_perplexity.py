@@ -36,3 +36,16 @@ def test_cli(tmp_path):
     with pytest.raises(ValueError, match="at least one chunk"):
         perplexity(None, [1, 2, 3], 128, 64, None)
     assert Path(DATA / "ppl_text.txt").stat().st_size > 4000
+
+
+def test_sweep_writes_a_table_and_a_chart(smollm2_path, tmp_path):
+    from fitllm.perplexity import sweep
+
+    text = (DATA / "ppl_text.txt").read_text()
+    table, chart = sweep(smollm2_path, text, str(tmp_path), types=("Q8_0", "Q4_0"), n_ctx=128)
+    rows = Path(table).read_text().splitlines()
+    assert rows[0].startswith("| type | file MB | PPL") and [r.split(" | ")[0] for r in rows[2:]] == [
+        "| Q8_0",
+        "| Q4_0",
+    ]
+    assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -77,10 +77,16 @@ def _chat(a: argparse.Namespace) -> None:
 
 
 def _perplexity(a: argparse.Namespace) -> None:
-    from fitllm.perplexity import perplexity
+    from fitllm.default_model import default_model_path
+    from fitllm.perplexity import perplexity, sweep
 
-    llm = _load(a)
     text = open(a.file, encoding="utf-8", errors="replace").read()
+    if a.sweep:
+        model = a.model or str(default_model_path())
+        table, chart = sweep(model, text, a.sweep, n_ctx=a.ctx_size, threads=a.threads or 2)
+        print(open(table).read() + f"chart: {chart}")
+        return
+    llm = _load(a)
     tokens = llm.tokenize(text.encode(), add_bos=True, special=False)  # as llama.cpp's tool does
     tok = llm._tok
     bos = tok.bos_id if tok.add_bos else None
@@ -210,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("-b", "--batch-size", type=int, default=512)
     pp.add_argument("-t", "--threads", type=int)
     pp.add_argument("--chunks", type=int, default=-1, help="at most this many chunks")
+    pp.add_argument("--sweep", metavar="DIR", help="quantize the model to each type into DIR: table + chart")
     pp.set_defaults(func=_perplexity)
     ch.add_argument("--system", help="a system message")
     ch.add_argument("--temp", type=float, default=0.7)

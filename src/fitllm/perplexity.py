@@ -66,3 +66,60 @@ def perplexity(
     var = mean2 - mean * mean
     stderr = float(np.sqrt(var / (count - 1)) * ppl) if var > 0 and count > 1 else 0.0
     return Perplexity(ppl, stderr, count, running)
+
+
+SWEEP_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0")
+
+
+def sweep(
+    model: str, text: str, out_dir: str, types=SWEEP_TYPES, n_ctx: int = 512, threads: int = 2
+) -> tuple[str, str]:
+    """Quantize `model` to each type, measure file size and perplexity of `text`; write a table
+    (sweep.md) and a chart of size against perplexity (sweep.png). Returns their paths."""
+    import os
+
+    from fitllm.api import Llama
+    from fitllm.quant.gguf_quantize import quantize_gguf
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for t in types:
+        path = os.path.join(out_dir, f"{os.path.basename(model).rsplit('.', 1)[0]}.{t}.gguf")
+        quantize_gguf(model, path, t, threads, progress=False)
+        llm = Llama(path, n_ctx=n_ctx, verbose=False)
+        tok = llm._tok
+        r = perplexity(
+            llm._model, llm.tokenize(text.encode()), n_ctx, n_ctx, tok.bos_id if tok.add_bos else None
+        )
+        rows.append((t, os.path.getsize(path), r.ppl, r.stderr))
+        log.info("%s: %.1f MB, PPL %.4f", t, rows[-1][1] / 1e6, r.ppl)
+    table = os.path.join(out_dir, "sweep.md")
+    with open(table, "w") as f:
+        f.write(
+            f"| type | file MB | PPL (n_ctx {n_ctx}) | ± | PPL vs {rows[0][0]} |\n|---|---|---|---|---|\n"
+        )
+        for t, size, p, e in rows:
+            f.write(f"| {t} | {size / 1e6:.1f} | {p:.4f} | {e:.4f} | {p / rows[0][2] - 1:+.2%} |\n")
+    return table, _chart(rows, os.path.join(out_dir, "sweep.png"), os.path.basename(model))
+
+
+def _chart(rows: list, path: str, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = sorted(rows, key=lambda r: r[1])
+    sizes, ppls = [r[1] / 1e6 for r in rows], [r[2] for r in rows]
+    ax.errorbar(sizes, ppls, yerr=[r[3] for r in rows], fmt="o-", capsize=3)
+    for (t, *_), x, y in zip(rows, sizes, ppls):
+        ax.annotate(t, (x, y), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title(f"{title}: size against perplexity")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
