@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fitllm.distributed.comm import LOCAL_MPIRUN
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
 from mpi_job import PROMPT
@@ -24,15 +25,7 @@ if not shutil.which("mpirun") or not __import__("importlib").util.find_spec("mpi
     pytest.skip("needs Open MPI (mpirun) and mpi4py", allow_module_level=True)
 
 JOB = str(Path(__file__).parent / "mpi_job.py")
-# containers may forbid the shared-memory transport's single copy (ptrace): plain copies then
-MPIRUN = [
-    "mpirun",
-    "--oversubscribe",
-    "--allow-run-as-root",
-    "--mca",
-    "btl_vader_single_copy_mechanism",
-    "none",
-]
+MPIRUN = LOCAL_MPIRUN
 
 
 def mpirun(n: int, model: str, mode: str, out: Path, shares: str = "-", extra=(), timeout=180):
