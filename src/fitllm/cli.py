@@ -144,13 +144,12 @@ def _plan(a: argparse.Namespace) -> None:
         print(P.suggest(a.arch, hosts, a.ctx_size, bw, *net))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fitllm", description="Run GGUF language models on the CPU.")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+MODEL_HELP = "GGUF file (default: the embedded SmolLM2-135M-Instruct)"
 
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="generate text (llama.cpp's flags)")
-    r.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+    r.add_argument("-m", "--model", help=MODEL_HELP)
     r.add_argument("-p", "--prompt")
     r.add_argument(
         "-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until EOS/context)"
@@ -190,10 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=_run)
 
+
+def _add_serving(sub) -> None:
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (and a chat page at /)")
     ch = sub.add_parser("chat", help="chat in the terminal with the model's chat template")
     for x in (sv, ch):
-        x.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+        x.add_argument("-m", "--model", help=MODEL_HELP)
         x.add_argument("-c", "--ctx-size", type=int, default=4096)
         x.add_argument("-t", "--threads", type=int)
     sv.add_argument("--host", default="127.0.0.1")
@@ -202,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--parallel", type=int, default=2, help="requests generated at once (slots)")
     sv.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
     sv.set_defaults(func=_serve)
+    ch.add_argument("--system", help="a system message")
+    ch.add_argument("--temp", type=float, default=0.7)
+    ch.add_argument("--top-p", type=float, default=0.95)
+    ch.add_argument("-n", "--n-predict", type=int, default=-1)
+    ch.set_defaults(func=_chat)
+
+
+def _add_quality(sub) -> None:
     qz = sub.add_parser("quantize", help="re-encode a GGUF at a llama.cpp type (Q8_0, Q4_K_M, ...)")
     qz.add_argument("input")
     qz.add_argument("output")
@@ -210,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--no-progress", action="store_true")
     qz.set_defaults(func=_quantize)
     pp = sub.add_parser("perplexity", help="perplexity of a text file, scored as llama.cpp's perplexity tool")
-    pp.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+    pp.add_argument("-m", "--model", help=MODEL_HELP)
     pp.add_argument("-f", "--file", required=True, help="the text")
     pp.add_argument("-c", "--ctx-size", type=int, default=512, help="tokens per chunk")
     pp.add_argument("-b", "--batch-size", type=int, default=512)
@@ -218,12 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--chunks", type=int, default=-1, help="at most this many chunks")
     pp.add_argument("--sweep", metavar="DIR", help="quantize the model to each type into DIR: table + chart")
     pp.set_defaults(func=_perplexity)
-    ch.add_argument("--system", help="a system message")
-    ch.add_argument("--temp", type=float, default=0.7)
-    ch.add_argument("--top-p", type=float, default=0.95)
-    ch.add_argument("-n", "--n-predict", type=int, default=-1)
-    ch.set_defaults(func=_chat)
 
+
+def _add_tools(sub) -> None:
     i = sub.add_parser("info", help="architecture, hyper-parameters and tensor types of a GGUF file")
     i.add_argument("model")
     i.set_defaults(func=_info)
@@ -238,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--memory-budget", help="fitllm's memory budget: a MoE bigger than it streams its experts")
     b.set_defaults(func=_bench)
 
+
+def _add_convert_plan(sub) -> None:
     from fitllm.convert.grok1 import OUT_TYPES
 
     c = sub.add_parser("convert", help="convert xAI's Grok-1 release checkpoint (ckpt-0/) to GGUF")
@@ -263,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--disk-bandwidth", default="1.5G", help="bytes/s read from disk (expert streaming)")
     pl.add_argument("--hit-rate", type=float, help="expert cache hit rate (default: uniform routing's)")
     pl.set_defaults(func=_plan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fitllm", description="Run GGUF language models on the CPU.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_serving, _add_quality, _add_tools, _add_convert_plan):
+        add(sub)
     return p
 
 
