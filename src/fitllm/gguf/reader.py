@@ -146,6 +146,12 @@ class GGUFFile:
         self.metadata: dict[str, Any] = {
             k: _field_value(f) for k, f in self._reader.fields.items() if not k.startswith("GGUF.")
         }
+        # each key's GGUF value type (and an array's item type), to write the metadata out again
+        self.value_types: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {
+            k: (f.types[0], f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None)
+            for k, f in self._reader.fields.items()
+            if k in self.metadata
+        }
         self.tensors: dict[str, Tensor] = {}
         for t in self._reader.tensors:
             raw = np.asarray(t.data).reshape(-1).view(np.uint8)

@@ -37,6 +37,7 @@ def _load() -> ctypes.CDLL:
     lib.fl_row_bytes.restype = sz
     lib.fl_set_isa.argtypes = [i32]
     lib.fl_quantize_act.argtypes = [i32, p, i64, i64, p]
+    lib.fl_quantize.argtypes = [i32, p, i64, i64, p, sz, i32]
     lib.fl_act_row_bytes.argtypes = [i32, i64]
     lib.fl_act_row_bytes.restype = sz
     lib.fl_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
@@ -146,6 +147,21 @@ def get_rows(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, ids: np.ndar
             ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, ids.ctypes.data, ids.size, out.ctypes.data
         ),
         "get_rows",
+    )
+    return out
+
+
+QUANTIZE_TYPES = (2, 3, 6, 7, 8)  # Q4_0 Q4_1 Q5_0 Q5_1 Q8_0: compiled, bit-exact with gguf-py
+
+
+def quantize(ggml_type: int, x: np.ndarray) -> np.ndarray:
+    """float32 (rows, cols) -> (rows, row bytes) uint8 blocks of a 32-element type, on all threads."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, cols = x.shape
+    out = np.empty((rows, row_bytes(ggml_type, cols)), np.uint8)
+    _check(
+        _lib.fl_quantize(ggml_type, x.ctypes.data, rows, cols, out.ctypes.data, out.nbytes, _threads),
+        "quantize",
     )
     return out
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType as Q
-from gguf import GGUFReader, GGUFValueType
 from tqdm import tqdm
 
 from fitllm import kernels
@@ -27,12 +26,12 @@ SLICE_ELEMENTS = 1 << 21  # per worker task
 SKIP_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
 
 
-def _copy_metadata(src: str, w: GGUFStreamWriter) -> None:
-    for f in GGUFReader(src, "r").fields.values():
-        if f.name.startswith("GGUF.") or f.name in SKIP_KEYS:
-            continue
-        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
-        w.meta.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+def _copy_metadata(f: GGUFFile, w: GGUFStreamWriter) -> None:
+    for key, value in f.metadata.items():
+        if key not in SKIP_KEYS:
+            vtype, sub = f.value_types[key]
+            value = value.tolist() if isinstance(value, np.ndarray) else value
+            w.meta.add_key_value(key, value, vtype, sub_type=sub)
 
 
 def _slices(t, new: Q, threads: int, pool: ThreadPoolExecutor):
@@ -66,7 +65,7 @@ def quantize_gguf(src: str, dst: str, type_name: str, threads: int = 2, progress
     plan = {n: recipe.type_of(n, t.shape) or Q(t.ggml_type) for n, t in f.tensors.items()}
     total = sum(t.nbytes for t in f.tensors.values())
     with GGUFStreamWriter(dst, a) as w, ThreadPoolExecutor(threads) as pool:
-        _copy_metadata(src, w)
+        _copy_metadata(f, w)
         w.meta.add_file_type(recipe.file_type)
         w.meta.add_quantization_version(2)
         for n, t in f.tensors.items():

@@ -14,6 +14,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
+from fitllm import kernels
+
 CHUNK_ELEMENTS = 1 << 22
 
 
@@ -166,7 +168,10 @@ def quantize(x: np.ndarray, ggml_type: int) -> np.ndarray:
         return np.ascontiguousarray(x, np.float32)
     if t == Q.F16:
         return np.ascontiguousarray(x, np.float16)
-    fn = OWN.get(t) or (lambda a: quants.quantize(a, t))
+    if t in kernels.QUANTIZE_TYPES:
+        fn = lambda a: kernels.quantize(t, a)  # noqa: E731 - compiled, bit-exact with gguf-py
+    else:
+        fn = OWN.get(t) or (lambda a: quants.quantize(a, t))
     flat = x.reshape(-1, x.shape[-1])
     step = max(1, CHUNK_ELEMENTS // x.shape[-1])
     parts = [fn(np.ascontiguousarray(flat[i : i + step], np.float32)) for i in range(0, flat.shape[0], step)]
