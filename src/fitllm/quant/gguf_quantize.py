@@ -57,8 +57,14 @@ def quantize_gguf(src: str, dst: str, type_name: str, threads: int = 2, progress
     f = GGUFFile(src)
     f.check_supported()
     a = f.architecture
+    n_head = f.get(f"{a}.attention.head_count", 1)
+    n_gqa = n_head // (f.get(f"{a}.attention.head_count_kv", n_head) or n_head)
     recipe = Recipe(
-        type_name, list(f.tensors), f.get(f"{a}.block_count", 0), int(f.get(f"{a}.expert_count", 0) or 0)
+        type_name,
+        list(f.tensors),
+        f.get(f"{a}.block_count", 0),
+        int(f.get(f"{a}.expert_count", 0) or 0),
+        n_gqa,
     )
     if any(t.ggml_type not in FLOAT for t in f.tensors.values() if len(t.shape) > 1):
         log.warning("%s is already quantized: re-quantizing it adds the errors of both", src)

@@ -24,10 +24,21 @@ def _sum(a: np.ndarray) -> np.ndarray:
 
 
 def _qkx2(
-    x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1, nstep: int = 20
+    x: np.ndarray,
+    w: np.ndarray,
+    nmax: int = 15,
+    rmin: float = -1.0,
+    rdelta: float = 0.1,
+    nstep: int = 20,
+    mad: bool = False,
 ):
-    """Per row of x (n, 32): (scale, min) minimising sum w (scale*L + min - x)^2, L in [0, nmax]."""
+    """Per row of x (n, 32): (scale, min) minimising sum w (scale*L + min - x)^2 (mad: |...|), L in
+    [0, nmax] (llama.cpp's make_qkx2_quants)."""
     f = np.float32
+
+    def cost(d):
+        return _sum(w * (np.abs(d) if mad else d * d))
+
     lo, hi = np.minimum(x.min(1), f(0)), x.max(1)
     span = hi - lo
     flat = span == 0
@@ -38,7 +49,7 @@ def _qkx2(
         return np.clip(np.rint(iscale[:, None] * (x - lo[:, None])), 0, nmax)
 
     scale, mn = f(1) / (f(nmax) / span), lo.copy()
-    best = _sum(w * (scale[:, None] * levels(f(nmax) / span) + mn[:, None] - x) ** 2)
+    best = cost(scale[:, None] * levels(f(nmax) / span) + mn[:, None] - x)
     for k in range(nstep + 1):
         la = levels((f(rmin) + f(rdelta) * f(k) + f(nmax)) / span)
         sl, sl2, sxl = _sum(w * la), _sum(w * la * la), _sum(w * la * x)
@@ -49,7 +60,7 @@ def _qkx2(
         pos = tm > 0  # the offset may only lower values: refit the scale alone
         ts = np.where(pos, sxl / np.where(sl2 > 0, sl2, f(1)), ts)
         tm = np.where(pos, f(0), tm)
-        err = _sum(w * (ts[:, None] * la + tm[:, None] - x) ** 2)
+        err = cost(ts[:, None] * la + tm[:, None] - x)
         better = ok & (err < best)
         best, scale, mn = np.where(better, err, best), np.where(better, ts, scale), np.where(better, tm, mn)
     return np.where(flat, f(0), scale), -np.where(flat, lo, mn)
@@ -158,7 +169,103 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     return out.reshape(rows, cols // 256 * 210)
 
 
-OWN = {Q.Q4_K: quantize_q4_k, Q.Q5_K: quantize_q5_k, Q.Q6_K: quantize_q6_k}  # gguf-py has no K quantizers
+def _pack_2bit(L: np.ndarray) -> np.ndarray:
+    """(nb, 256) levels in [0, 3] -> (nb, 64): four 32-value rows per byte, per 128 values."""
+    L = L.reshape(-1, 2, 4, 32)
+    return (L[:, :, 0] | (L[:, :, 1] << 2) | (L[:, :, 2] << 4) | (L[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def _q3(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """llama.cpp's make_q3_quants(n, nmax, do_rmse=true) per row: (scale, levels + nmax)."""
+    f = np.float32
+    rows = np.arange(len(x))
+    mx = x[rows, np.abs(x).argmax(1)]
+    zero = np.abs(mx) < f(1e-15)
+    mx = np.where(zero, f(1), mx)
+    L = np.clip(np.rint((-f(nmax) / mx)[:, None] * x), -nmax, nmax - 1)
+    w = x * x
+    sumlx, suml2 = _sum(w * x * L), _sum(w * L * L)
+    for _ in range(5):  # coordinate descent over the values, in order
+        changed = np.zeros(len(x), bool)
+        for i in range(x.shape[1]):
+            wi, xi, li = w[:, i], x[:, i], L[:, i]
+            slx = sumlx - wi * xi * li
+            sl2 = suml2 - wi * li * li
+            new = np.clip(np.rint(xi * sl2 / np.where(slx > 0, slx, f(1))), -nmax, nmax - 1)
+            slx2, sl22 = slx + wi * xi * new, sl2 + wi * new * new
+            take = (slx > 0) & (new != li) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+            L[:, i] = np.where(take, new, li)
+            sumlx, suml2 = np.where(take, slx2, sumlx), np.where(take, sl22, suml2)
+            changed |= take
+        if not changed.any():
+            break
+    scale = np.where(zero | (suml2 == 0), f(0), sumlx / np.where(suml2 == 0, f(1), suml2))
+    return scale, np.where(zero[:, None], 0, L + nmax).astype(np.int32)
+
+
+def quantize_q3_k(x: np.ndarray) -> np.ndarray:
+    """(rows, cols) -> (rows, cols / 256 * 110): 6-bit scales per 16, 3-bit values split into a high
+    bit mask and 2-bit pairs (llama.cpp's quantize_row_q3_K_ref)."""
+    rows, cols = x.shape
+    sub = x.reshape(-1, 16).astype(np.float32)
+    scales, _ = _q3(sub)
+    scales = scales.reshape(-1, 16)
+    max_scale = scales[np.arange(len(scales)), np.abs(scales).argmax(1)]
+    empty = max_scale == 0
+    iscale = np.float32(-32) / np.where(empty, np.float32(1), max_scale)
+    ls = (np.clip(np.rint(iscale[:, None] * scales), -32, 31) + 32).astype(np.uint8)  # (nb, 16)
+    ls = np.where(empty[:, None], 32, ls)  # all-zero scales pack as 0 after the -32 below
+    packed = np.zeros((len(ls), 12), np.uint8)
+    packed[:, :8] = (ls[:, :8] & 0xF) | ((ls[:, 8:] & 0xF) << 4)
+    for j in range(16):
+        packed[:, 8 + j % 4] |= (ls[:, j] >> 4) << (2 * (j // 4))
+    packed[empty] = 0
+    d = np.where(empty, 0, np.float32(1) / iscale).astype(np.float16)
+    dj = d.astype(np.float32)[:, None] * (ls.astype(np.float32) - 32)
+    safe = np.where(dj == 0, np.float32(1), dj)
+    L = np.clip(np.rint(sub.reshape(-1, 16, 16) / safe[:, :, None]), -4, 3) + 4
+    L = np.where(dj[:, :, None] == 0, 4, L).reshape(-1, 256).astype(np.uint8)  # untouched: 0 + nmax
+    hi = L > 3
+    hmask = (hi.reshape(-1, 8, 32) << np.arange(8, dtype=np.uint8)[None, :, None]).sum(1, dtype=np.uint8)
+    qs = _pack_2bit(np.where(hi, L - 4, L).astype(np.uint8))
+    return np.concatenate([hmask, qs, packed, _halves(d)], axis=1).reshape(rows, cols // 256 * 110)
+
+
+def quantize_q2_k(x: np.ndarray) -> np.ndarray:
+    """(rows, cols) -> (rows, cols / 256 * 84): 4-bit scale and min per 16, 2-bit values
+    (llama.cpp's quantize_row_q2_K_ref: make_qkx2_quants with |x| weights, absolute error)."""
+    rows, cols = x.shape
+    sub = x.reshape(-1, 16).astype(np.float32)
+    sc, mn = (a.reshape(-1, 16) for a in _qkx2(sub, np.abs(sub), 3, -0.5, 0.1, 15, mad=True))
+    f = np.float32
+    max_sc, max_mn = sc.max(1), mn.max(1)
+    lsc = np.where(
+        max_sc[:, None] > 0, np.rint((f(15) / np.where(max_sc > 0, max_sc, f(1)))[:, None] * sc), 0
+    )
+    lmn = np.where(
+        max_mn[:, None] > 0, np.rint((f(15) / np.where(max_mn > 0, max_mn, f(1)))[:, None] * mn), 0
+    )
+    lsc, lmn = lsc.astype(np.uint8), lmn.astype(np.uint8)
+    d = np.where(max_sc > 0, max_sc / f(15), 0).astype(np.float16)
+    dmin = np.where(max_mn > 0, max_mn / f(15), 0).astype(np.float16)
+    dj = d.astype(f)[:, None] * (lsc & 0xF)
+    mj = dmin.astype(f)[:, None] * lmn
+    safe = np.where(dj == 0, f(1), dj)
+    L = np.clip(np.rint((sub.reshape(-1, 16, 16) + mj[:, :, None]) / safe[:, :, None]), 0, 3)
+    L = np.where(dj[:, :, None] == 0, 0, L).reshape(-1, 256).astype(np.uint8)
+    scales = (lsc & 0xF) | (lmn << 4)
+    return np.concatenate([scales, _pack_2bit(L), _halves(d), _halves(dmin)], axis=1).reshape(
+        rows, cols // 256 * 84
+    )
+
+
+OWN = {
+    Q.Q2_K: quantize_q2_k,
+    Q.Q3_K: quantize_q3_k,
+    Q.Q4_K: quantize_q4_k,
+    Q.Q5_K: quantize_q5_k,
+    Q.Q6_K: quantize_q6_k,
+}  # gguf-py has no K quantizers
 
 
 def quantize(x: np.ndarray, ggml_type: int) -> np.ndarray:

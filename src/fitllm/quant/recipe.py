@@ -18,18 +18,18 @@ FTYPES = {
     "F32": (Q.F32, 0), "F16": (Q.F16, 1), "BF16": (Q.BF16, 32),
     "Q8_0": (Q.Q8_0, 7), "Q4_0": (Q.Q4_0, 2), "Q4_1": (Q.Q4_1, 3), "Q5_0": (Q.Q5_0, 8), "Q5_1": (Q.Q5_1, 9),
     "Q4_K_S": (Q.Q4_K, 14), "Q4_K_M": (Q.Q4_K, 15), "Q5_K_S": (Q.Q5_K, 16), "Q5_K_M": (Q.Q5_K, 17),
-    "Q6_K": (Q.Q6_K, 18),
+    "Q6_K": (Q.Q6_K, 18), "Q3_K_M": (Q.Q3_K, 12), "Q2_K": (Q.Q2_K, 10),
 }  # fmt: skip
-ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
-NOT_YET = ("Q2_K", "Q3_K", "Q3_K_S", "Q3_K_M", "Q3_K_L")
+ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
+FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+NOT_YET = ("Q3_K_S", "Q3_K_L", "Q2_K_S")
 FLOAT = (Q.F32, Q.F16, Q.BF16)
 
 
 def ftype(name: str) -> str:
     n = ALIASES.get(name.upper(), name.upper())
     if n in NOT_YET:
-        raise ValueError(f"{name}: fitllm cannot write Q2_K/Q3_K yet (choose from {', '.join(FTYPES)})")
+        raise ValueError(f"{name}: fitllm cannot write this mix yet (choose from {', '.join(FTYPES)})")
     if n not in FTYPES:
         raise ValueError(f"unknown type {name!r} (choose from {', '.join(FTYPES)})")
     return n
@@ -52,10 +52,10 @@ def _more_bits(i: int, n: int) -> bool:
 class Recipe:
     """Types for the tensors of one model."""
 
-    def __init__(self, name: str, names: list[str], n_layer: int, n_expert: int) -> None:
+    def __init__(self, name: str, names: list[str], n_layer: int, n_expert: int, n_gqa: int = 1) -> None:
         self.ftype = ftype(name)
         self.base, self.file_type = FTYPES[self.ftype]
-        self.n_layer, self.n_expert = n_layer, n_expert
+        self.n_layer, self.n_expert, self.n_gqa = n_layer, n_expert, n_gqa
         self.tied = "output.weight" not in names
         # llama.cpp counts attn_v tensors in layer order (not the file's, often blk.0, blk.1, blk.10...)
         attn_v = sorted((n for n in names if ".attn_v." in n), key=lambda n: int(n.split(".")[1]))
@@ -82,22 +82,39 @@ class Recipe:
                 return Q.Q8_0
             return t if t == Q.Q8_0 else Q.Q6_K
         if ".attn_v." in name:
-            i = self.attn_v_index[name]
-            if self.n_expert == 8:
-                return Q.Q8_0
-            if f in ("Q4_K_M", "Q5_K_M") and _more_bits(i, len(self.attn_v_index)):
-                return Q.Q6_K
-            if f == "Q4_K_S" and i < 4:
-                return Q.Q5_K
-        elif ".attn_k." in name and self.n_expert == 8:
+            return self._attn_v(self.attn_v_index[name], t)
+        if ".attn_k." in name and self.n_expert == 8:
             return Q.Q8_0
-        elif ".ffn_down" in name:
-            if f in ("Q4_K_M", "Q5_K_M") and _more_bits(layer, self.n_layer):
-                return Q.Q6_K
-            if f == "Q4_K_S" and layer < self.n_layer // 8:
-                return Q.Q5_K
-        elif ".attn_output." in name and self.n_expert == 8 and f in ("Q4_K_S", "Q4_K_M"):
+        if ".ffn_down" in name:
+            return self._ffn_down(layer, t)
+        if ".attn_output." in name:
+            if self.n_expert == 8:
+                return Q.Q5_K if f in ("Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M") else t
+            return {"Q2_K": Q.Q3_K, "Q3_K_M": Q.Q4_K}.get(f, t)
+        if ".attn_qkv." in name:
+            return {"Q3_K_M": Q.Q4_K, "Q4_K_M": Q.Q5_K, "Q5_K_M": Q.Q6_K}.get(f, t)
+        return t
+
+    def _attn_v(self, i: int, t: Q) -> Q:
+        f = self.ftype
+        if f == "Q2_K":
+            t = Q.Q4_K if self.n_gqa >= 4 else Q.Q3_K
+        elif f == "Q3_K_M":
+            t = Q.Q5_K if i < 2 else Q.Q4_K
+        elif f in ("Q4_K_M", "Q5_K_M") and _more_bits(i, len(self.attn_v_index)):
+            t = Q.Q6_K
+        elif f == "Q4_K_S" and i < 4:
+            t = Q.Q5_K
+        return Q.Q8_0 if self.n_expert == 8 else t
+
+    def _ffn_down(self, layer: int, t: Q) -> Q:
+        f, n = self.ftype, self.n_layer
+        if f == "Q2_K":
+            return Q.Q3_K
+        if f == "Q3_K_M":
+            return Q.Q5_K if layer < n // 16 else Q.Q4_K
+        if f in ("Q4_K_M", "Q5_K_M") and _more_bits(layer, n):
+            return Q.Q6_K
+        if f == "Q4_K_S" and layer < n // 8:
             return Q.Q5_K
-        elif ".attn_qkv." in name:
-            return {"Q4_K_M": Q.Q5_K, "Q5_K_M": Q.Q6_K}.get(f, t)
         return t
