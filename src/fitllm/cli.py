@@ -214,7 +214,9 @@ def _add_quality(sub) -> None:
     qz = sub.add_parser("quantize", help="re-encode a GGUF at a llama.cpp type (Q8_0, Q4_K_M, ...)")
     qz.add_argument("input")
     qz.add_argument("output")
-    qz.add_argument("type", help="F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K")
+    qz.add_argument(
+        "type", help="F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_M Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"
+    )
     qz.add_argument("-t", "--threads", type=int, default=len(__import__("os").sched_getaffinity(0)))
     qz.add_argument("--no-progress", action="store_true")
     qz.set_defaults(func=_quantize)
