@@ -68,7 +68,7 @@ def perplexity(
     return Perplexity(ppl, stderr, count, running)
 
 
-SWEEP_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0")
+SWEEP_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "Q3_K_M", "Q2_K")
 
 
 def sweep(
@@ -88,9 +88,8 @@ def sweep(
         quantize_gguf(model, path, t, threads, progress=False)
         llm = Llama(path, n_ctx=n_ctx, verbose=False)
         tok = llm._tok
-        r = perplexity(
-            llm._model, llm.tokenize(text.encode()), n_ctx, n_ctx, tok.bos_id if tok.add_bos else None
-        )
+        bos = tok.bos_id if tok.add_bos else None
+        r = perplexity(llm._model, llm.tokenize(text.encode()), n_ctx, n_ctx, bos, progress=False)
         rows.append((t, os.path.getsize(path), r.ppl, r.stderr))
         log.info("%s: %.1f MB, PPL %.4f", t, rows[-1][1] / 1e6, r.ppl)
     table = os.path.join(out_dir, "sweep.md")
