@@ -37,10 +37,14 @@ def test_k_quant_error_is_llama_cpps(t, size):
     assert (back[3] == 0).all()  # an all-zero row stays exactly zero
 
 
-@pytest.mark.parametrize("t", [Q.Q8_0, Q.Q4_0, Q.BF16, Q.F16, Q.F32])
+@pytest.mark.parametrize("t", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.BF16, Q.F16, Q.F32])
 def test_gguf_py_types_in_slices(t, monkeypatch):
+    # the 32-element types run compiled (csrc/quantize.c): bit for bit gguf-py's, zero rows,
+    # ties of magnitude and constant blocks included
     monkeypatch.setattr("fitllm.quant.quantize.CHUNK_ELEMENTS", 4096)  # many slices
     x = sample()
+    x[5, :32], x[6, :32], x[7, :32] = -2.0, np.float32(1e-30), np.float32(0.5) * np.arange(32)
+    x[8, :2] = [3.0, -3.0]  # equal magnitudes: the first one is the block's signed max
     plain = {Q.F16: np.float16, Q.F32: np.float32}
     ref = x.astype(plain[t]) if t in plain else quants.quantize(x, t)
     np.testing.assert_array_equal(quantize(x, t), ref)

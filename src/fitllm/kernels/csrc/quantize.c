@@ -57,45 +57,34 @@ static void fifth_bits(const uint8_t *q, uint8_t *qh) {
     memcpy(qh, &h, 4); /* little-endian, as numpy's packbits(bitorder="little") */
 }
 
-static void q4_0(const float *x, uint8_t *y) {
-    const float d = signed_max(x) / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+/* Q4_0 / Q5_0: d = the largest-magnitude value / -2^(bits-1), levels x / d + 2^(bits-1) */
+static void symmetric(const float *x, uint8_t *y, int bits) {
+    const float half = (float)(1 << (bits - 1)), d = signed_max(x) / -half, id = d != 0.f ? 1.f / d : 0.f;
     uint8_t q[32];
     put_h(y, d);
-    levels(x, 0.f, id, 8.5f, 15, q);
-    nibbles(q, y + 2);
+    levels(x, 0.f, id, half + 0.5f, (1 << bits) - 1, q);
+    if (bits == 5) fifth_bits(q, y + 2);
+    nibbles(q, y + (bits == 5 ? 6 : 2));
 }
 
-static void q5_0(const float *x, uint8_t *y) {
-    const float d = signed_max(x) / -16.f, id = d != 0.f ? 1.f / d : 0.f;
-    uint8_t q[32];
-    put_h(y, d);
-    levels(x, 0.f, id, 16.5f, 31, q);
-    fifth_bits(q, y + 2);
-    nibbles(q, y + 6);
-}
-
-static void q4_1(const float *x, uint8_t *y) {
+/* Q4_1 / Q5_1: d = (max - min) / (2^bits - 1) and the min, levels (x - min) / d */
+static void affine(const float *x, uint8_t *y, int bits) {
     float mn, mx;
     min_max(x, &mn, &mx);
-    const float d = (mx - mn) / 15.f, id = d != 0.f ? 1.f / d : 0.f;
+    const int top = (1 << bits) - 1;
+    const float d = (mx - mn) / (float)top, id = d != 0.f ? 1.f / d : 0.f;
     uint8_t q[32];
     put_h(y, d);
     put_h(y + 2, mn);
-    levels(x, mn, id, 0.5f, 15, q);
-    nibbles(q, y + 4);
+    levels(x, mn, id, 0.5f, top, q);
+    if (bits == 5) fifth_bits(q, y + 4);
+    nibbles(q, y + (bits == 5 ? 8 : 4));
 }
 
-static void q5_1(const float *x, uint8_t *y) {
-    float mn, mx;
-    min_max(x, &mn, &mx);
-    const float d = (mx - mn) / 31.f, id = d != 0.f ? 1.f / d : 0.f;
-    uint8_t q[32];
-    put_h(y, d);
-    put_h(y + 2, mn);
-    levels(x, mn, id, 0.5f, 31, q);
-    fifth_bits(q, y + 4);
-    nibbles(q, y + 8);
-}
+static void q4_0(const float *x, uint8_t *y) { symmetric(x, y, 4); }
+static void q5_0(const float *x, uint8_t *y) { symmetric(x, y, 5); }
+static void q4_1(const float *x, uint8_t *y) { affine(x, y, 4); }
+static void q5_1(const float *x, uint8_t *y) { affine(x, y, 5); }
 
 typedef void (*block_fn)(const float *x, uint8_t *y);
 
