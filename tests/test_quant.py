@@ -27,6 +27,24 @@ def sample() -> np.ndarray:
     return x
 
 
+# sha256 of llama.cpp's bytes for sample() (same source as LLAMA_CPP_RMSE): the compiled K quantizers
+# (csrc/kquantize.c) write exactly these
+LLAMA_CPP_SHA256 = {
+    Q.Q4_K: "8f679a956961383916eb91cee5732ca04073cbf28f15d854991ac99141f97f56",
+    Q.Q5_K: "e886bd18c6dd540a4c2341caa6b828cca6a2479747e60a72b49e12838d4f64ee",
+    Q.Q6_K: "365894219c7a0df063173991d4e89409ed97a4d0f09a0fbf3a08a757631a8456",
+}
+
+
+@pytest.mark.parametrize("t", list(LLAMA_CPP_SHA256))
+def test_compiled_k_quantizers_are_llama_cpps_bytes(t):
+    import hashlib
+
+    from fitllm import kernels
+
+    assert hashlib.sha256(kernels.quantize(int(t), sample()).tobytes()).hexdigest() == LLAMA_CPP_SHA256[t]
+
+
 @pytest.mark.parametrize("t,size", [(Q.Q2_K, 84), (Q.Q3_K, 110), (Q.Q4_K, 144), (Q.Q5_K, 176), (Q.Q6_K, 210)])
 def test_k_quant_error_is_llama_cpps(t, size):
     x = sample()

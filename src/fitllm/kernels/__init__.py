@@ -151,11 +151,12 @@ def get_rows(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, ids: np.ndar
     return out
 
 
-QUANTIZE_TYPES = (2, 3, 6, 7, 8)  # Q4_0 Q4_1 Q5_0 Q5_1 Q8_0: compiled, bit-exact with gguf-py
+# compiled quantizers: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 (bit-exact with gguf-py) and Q4_K Q5_K Q6_K (llama.cpp's)
+QUANTIZE_TYPES = (2, 3, 6, 7, 8, 12, 13, 14)
 
 
 def quantize(ggml_type: int, x: np.ndarray) -> np.ndarray:
-    """float32 (rows, cols) -> (rows, row bytes) uint8 blocks of a 32-element type, on all threads."""
+    """float32 (rows, cols) -> (rows, row bytes) uint8 blocks of a QUANTIZE_TYPES type, on all threads."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows, cols = x.shape
     out = np.empty((rows, row_bytes(ggml_type, cols)), np.uint8)

@@ -276,7 +276,7 @@ def quantize(x: np.ndarray, ggml_type: int) -> np.ndarray:
     if t == Q.F16:
         return np.ascontiguousarray(x, np.float16)
     if t in kernels.QUANTIZE_TYPES:
-        fn = lambda a: kernels.quantize(t, a)  # noqa: E731 - compiled, bit-exact with gguf-py
+        fn = lambda a: kernels.quantize(t, a)  # noqa: E731 - compiled (csrc/quantize.c, kquantize.c)
     else:
         fn = OWN.get(t) or (lambda a: quants.quantize(a, t))
     flat = x.reshape(-1, x.shape[-1])

@@ -1,4 +1,4 @@
-/* Float rows to the 32-element block formats, bit for bit as gguf-py's quantizers (which are
+/* Float rows to block formats. The 32-element ones here, bit for bit as gguf-py's quantizers (which are
  * llama.cpp's *_ref ones): the same float32 operations in the same order (this file is built with
  * -ffp-contract=off, so no multiply-add is fused), fp16 by round-to-nearest-even. */
 #include <math.h>
@@ -87,6 +87,9 @@ static void q4_1(const float *x, uint8_t *y) { affine(x, y, 4); }
 static void q5_1(const float *x, uint8_t *y) { affine(x, y, 5); }
 
 typedef void (*block_fn)(const float *x, uint8_t *y);
+void fl_quantize_q4_k(const float *x, uint8_t *y); /* kquantize.c: llama.cpp's reference algorithms */
+void fl_quantize_q5_k(const float *x, uint8_t *y);
+void fl_quantize_q6_k(const float *x, uint8_t *y);
 
 static block_fn block_quantizer(int type) {
     switch (type) {
@@ -95,6 +98,9 @@ static block_fn block_quantizer(int type) {
         case FL_Q4_1: return q4_1;
         case FL_Q5_0: return q5_0;
         case FL_Q5_1: return q5_1;
+        case FL_Q4_K: return fl_quantize_q4_k;
+        case FL_Q5_K: return fl_quantize_q5_k;
+        case FL_Q6_K: return fl_quantize_q6_k;
         default: return NULL;
     }
 }
@@ -104,11 +110,11 @@ int fl_quantize(int type, const float *x, int64_t nrows, int64_t ncols, uint8_t 
                 int nthreads) {
     const block_fn fn = block_quantizer(type);
     const size_t rb = fl_row_bytes(type, ncols);
-    if (!fn || !rb || ncols % 32) return FL_EBADTYPE;
+    if (!fn || !rb) return FL_EBADTYPE;
     if (nrows < 0 || out_bytes < rb * (size_t)nrows) return FL_ESIZE;
-    const int bsize = FL_TYPES[type].size;
+    const int bsize = FL_TYPES[type].size, blck = FL_TYPES[type].blck;
 #pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static)
     for (int64_t r = 0; r < nrows; r++)
-        for (int64_t b = 0; b < ncols / 32; b++) fn(x + r * ncols + b * 32, out + r * rb + b * bsize);
+        for (int64_t b = 0; b < ncols / blck; b++) fn(x + r * ncols + b * blck, out + r * rb + b * bsize);
     return FL_OK;
 }
