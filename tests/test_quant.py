@@ -6,7 +6,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
 from fitllm.gguf.writer import GGUFStreamWriter
-from fitllm.quant.quantize import quantize
+from fitllm.quant.quantize import OWN, quantize
 
 # RMS error of llama.cpp's own quantizers (ggml_quantize_chunk of llama-cpp-python 0.3.36's
 # libggml-base, no imatrix) on sample(); fitllm's measured 0.08491684, 0.04280897, 0.02093433
@@ -45,10 +45,12 @@ def test_compiled_k_quantizers_are_llama_cpps_bytes(t):
     assert hashlib.sha256(kernels.quantize(int(t), sample()).tobytes()).hexdigest() == LLAMA_CPP_SHA256[t]
 
 
+@pytest.mark.parametrize("numpy_spec", [False, True])
 @pytest.mark.parametrize("t,size", [(Q.Q2_K, 84), (Q.Q3_K, 110), (Q.Q4_K, 144), (Q.Q5_K, 176), (Q.Q6_K, 210)])
-def test_k_quant_error_is_llama_cpps(t, size):
+def test_k_quant_error_is_llama_cpps(t, size, numpy_spec):
+    # the compiled quantizer (where there is one) and the numpy statement of the algorithm
     x = sample()
-    q = quantize(x, t)
+    q = OWN[t](x) if numpy_spec else quantize(x, t)
     assert q.shape == (64, 1024 // 256 * size) and q.dtype == np.uint8
     back = quants.dequantize(q, t)
     assert np.sqrt(((back - x) ** 2).mean()) <= 1.01 * LLAMA_CPP_RMSE[t]
