@@ -30,6 +30,8 @@ def sample() -> np.ndarray:
 # sha256 of llama.cpp's bytes for sample() (same source as LLAMA_CPP_RMSE): the compiled K quantizers
 # (csrc/kquantize.c) write exactly these
 LLAMA_CPP_SHA256 = {
+    Q.Q2_K: "14bdc4c4f699d0ab1a767e302b74ede7a1b6ce50971b52e512701b7cf55c3c94",
+    Q.Q3_K: "9d9c775d148629b16d9c371a39f19f5b2b37cb7d25f5163e70ee1eaff35101d4",
     Q.Q4_K: "8f679a956961383916eb91cee5732ca04073cbf28f15d854991ac99141f97f56",
     Q.Q5_K: "e886bd18c6dd540a4c2341caa6b828cca6a2479747e60a72b49e12838d4f64ee",
     Q.Q6_K: "365894219c7a0df063173991d4e89409ed97a4d0f09a0fbf3a08a757631a8456",

@@ -151,8 +151,8 @@ def get_rows(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, ids: np.ndar
     return out
 
 
-# compiled quantizers: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 (bit-exact with gguf-py) and Q4_K Q5_K Q6_K (llama.cpp's)
-QUANTIZE_TYPES = (2, 3, 6, 7, 8, 12, 13, 14)
+# compiled quantizers: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 (bit-exact with gguf-py) and Q2_K..Q6_K (llama.cpp's)
+QUANTIZE_TYPES = (2, 3, 6, 7, 8, 10, 11, 12, 13, 14)
 
 
 def quantize(ggml_type: int, x: np.ndarray) -> np.ndarray:

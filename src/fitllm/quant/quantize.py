@@ -1,7 +1,7 @@
 """Float tensors to GGUF block formats.
 
-The 32-element formats and Q4_K/Q5_K/Q6_K run compiled (kernels.quantize: csrc/quantize.c is
-bit-exact with gguf-py's quantizers, csrc/kquantize.c writes llama.cpp's bytes); BF16 is gguf-py's.
+The 32-element formats and Q2_K..Q6_K run compiled (kernels.quantize: csrc/quantize.c is bit-exact
+with gguf-py's quantizers, csrc/kquantize.c writes llama.cpp's bytes); BF16 is gguf-py's.
 The K formats' numpy versions here follow llama.cpp's
 quantize_row_q{4,5,6}_K_ref (make_qkx2_quants: a weighted least-squares search over candidate
 (scale, min) per 32 values; make_qx_quants for Q6_K), here vectorized over blocks. They are not

@@ -1,4 +1,4 @@
-/* Float blocks of 256 to Q4_K, Q5_K and Q6_K: llama.cpp's reference algorithms
+/* Float blocks of 256 to Q2_K .. Q6_K: llama.cpp's reference algorithms
  * (quantize_row_q{4,5,6}_K_ref), written for one block per call; rows run on threads in
  * quantize.c. The numpy versions in quant/quantize.py state the same math vectorized. */
 #include <math.h>
@@ -8,10 +8,12 @@
 static inline int nearest(float v) { return (int)lrintf(v); } /* round half to even */
 static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
-/* (scale, -min) of n values with levels L in [0, nmax] minimising the weighted squared error of
- * scale * L + min over candidate scales (llama.cpp's make_qkx2_quants, use_mad false) */
+/* (scale, -min) of n values with levels L in [0, nmax] minimising the weighted squared (mad:
+ * absolute) error of scale * L + min over candidate scales (llama.cpp's make_qkx2_quants) */
+static inline float loss(float d, int mad) { return mad ? fabsf(d) : d * d; }
+
 static float qkx2(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min, float rmin,
-                  float rdelta, int nstep) {
+                  float rdelta, int nstep, int mad) {
     float mn = x[0], mx = x[0], sum_w = w[0], sum_x = w[0] * x[0];
     for (int i = 1; i < n; i++) {
         mn = x[i] < mn ? x[i] : mn;
@@ -28,8 +30,7 @@ static float qkx2(int n, int nmax, const float *x, const float *w, uint8_t *L, f
     float iscale = nmax / (mx - mn), scale = 1 / iscale, best = 0;
     for (int i = 0; i < n; i++) {
         L[i] = (uint8_t)clampi(nearest(iscale * (x[i] - mn)), 0, nmax);
-        const float diff = scale * L[i] + mn - x[i];
-        best += w[i] * (diff * diff);
+        best += w[i] * loss(scale * L[i] + mn - x[i], mad);
     }
     uint8_t aux[32];
     for (int is = 0; is <= nstep; is++) {
@@ -50,10 +51,7 @@ static float qkx2(int n, int nmax, const float *x, const float *w, uint8_t *L, f
             ts = sxl / sl2;
         }
         float err = 0;
-        for (int i = 0; i < n; i++) {
-            const float diff = ts * aux[i] + tm - x[i];
-            err += w[i] * (diff * diff);
-        }
+        for (int i = 0; i < n; i++) err += w[i] * loss(ts * aux[i] + tm - x[i], mad);
         if (err < best) {
             memcpy(L, aux, (size_t)n);
             best = err;
@@ -74,7 +72,7 @@ static void k_levels(const float *x, int nmax, float rmin, int nstep, uint8_t *o
         for (int l = 0; l < 32; l++) sx2 += x[32 * j + l] * x[32 * j + l];
         const float av = sqrtf(sx2 / 32);
         for (int l = 0; l < 32; l++) w[l] = av + fabsf(x[32 * j + l]);
-        scales[j] = qkx2(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep);
+        scales[j] = qkx2(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep, 0);
         max_sc = scales[j] > max_sc ? scales[j] : max_sc;
         max_mn = mins[j] > max_mn ? mins[j] : max_mn;
     }
@@ -194,4 +192,121 @@ void fl_quantize_q6_k(const float *x, uint8_t *y) { /* ql[128], qh[64], scales[1
             ql[l + 32] = (uint8_t)((b & 0xF) | ((e & 0xF) << 4));
             qh[l] = (uint8_t)((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6));
         }
+}
+
+/* the four 2-bit values of 32-value rows j, j+32, j+64, j+96 in one byte, per 128 values */
+static void pack_2bit(const uint8_t *L, uint8_t *qs) {
+    for (int j = 0; j < 256; j += 128)
+        for (int l = 0; l < 32; l++)
+            qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+}
+
+void fl_quantize_q2_k(const float *x, uint8_t *y) { /* scales[16], qs[64], d, dmin */
+    uint8_t L[256], *sc = y;
+    float scales[16], mins[16], w[16], max_sc = 0, max_mn = 0;
+    for (int j = 0; j < 16; j++) {
+        for (int l = 0; l < 16; l++) w[l] = fabsf(x[16 * j + l]);
+        scales[j] = qkx2(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, 1);
+        max_sc = scales[j] > max_sc ? scales[j] : max_sc;
+        max_mn = mins[j] > max_mn ? mins[j] : max_mn;
+    }
+    uint16_t hd = 0, hm = 0;
+    memset(sc, 0, 16);
+    if (max_sc > 0) {
+        for (int j = 0; j < 16; j++) sc[j] = (uint8_t)nearest(15.f / max_sc * scales[j]);
+        hd = fl_f2h(max_sc / 15.f);
+    }
+    if (max_mn > 0) {
+        for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)(nearest(15.f / max_mn * mins[j]) << 4);
+        hm = fl_f2h(max_mn / 15.f);
+    }
+    memcpy(y + 80, &hd, 2);
+    memcpy(y + 82, &hm, 2);
+    for (int j = 0; j < 16; j++) {
+        const float d = fl_h2f(hd) * (sc[j] & 0xF);
+        if (d == 0.f) continue;
+        const float dm = fl_h2f(hm) * (sc[j] >> 4);
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (uint8_t)clampi(nearest((x[16 * j + i] + dm) / d), 0, 3);
+    }
+    pack_2bit(L, y + 16);
+}
+
+/* scale of 16 values with levels in [-nmax, nmax) (stored + nmax): x^2-weighted least squares, then
+ * five rounds of moving single values where that lowers the error (llama.cpp's make_q3_quants) */
+static float q3_16(const float *x, int nmax, int8_t *L) {
+    float amax = 0, mx = 0;
+    for (int i = 0; i < 16; i++)
+        if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); mx = x[i]; }
+    if (amax < 1e-15f) {
+        memset(L, 0, 16);
+        return 0.f;
+    }
+    const float iscale = -nmax / mx;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < 16; i++) {
+        L[i] = (int8_t)clampi(nearest(iscale * x[i]), -nmax, nmax - 1);
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * L[i];
+        suml2 += w * L[i] * L[i];
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int changed = 0;
+        for (int i = 0; i < 16; i++) {
+            const float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * L[i];
+            if (slx <= 0) continue;
+            float sl2 = suml2 - w * L[i] * L[i];
+            const int nl = clampi(nearest(x[i] * sl2 / slx), -nmax, nmax - 1);
+            if (nl == L[i]) continue;
+            slx += w * x[i] * nl;
+            sl2 += w * nl * nl;
+            if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                L[i] = (int8_t)nl;
+                sumlx = slx;
+                suml2 = sl2;
+                changed++;
+            }
+        }
+        if (!changed) break;
+    }
+    for (int i = 0; i < 16; i++) L[i] = (int8_t)(L[i] + nmax);
+    return sumlx / suml2;
+}
+
+void fl_quantize_q3_k(const float *x, uint8_t *y) { /* hmask[32], qs[64], scales[12], d */
+    int8_t L[256];
+    float scales[16], max_scale = 0, amax = 0;
+    for (int j = 0; j < 16; j++) {
+        scales[j] = q3_16(x + 16 * j, 4, L + 16 * j);
+        if (fabsf(scales[j]) > amax) { amax = fabsf(scales[j]); max_scale = scales[j]; }
+    }
+    memset(y, 0, 110);
+    uint8_t *hmask = y, *qs = y + 32, *sc = y + 96;
+    uint16_t hd = 0;
+    if (max_scale != 0.f) {
+        const float iscale = -32.f / max_scale;
+        for (int j = 0; j < 16; j++) {
+            const int l = clampi(nearest(iscale * scales[j]), -32, 31) + 32;
+            if (j < 8) sc[j] = (uint8_t)(l & 0xF);
+            else sc[j - 8] |= (uint8_t)((l & 0xF) << 4);
+            sc[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+        }
+        hd = fl_f2h(1 / iscale);
+    }
+    memcpy(y + 108, &hd, 2);
+    for (int j = 0; j < 16; j++) {
+        const int s6 = ((j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4) | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+        const float d = fl_h2f(hd) * s6;
+        if (d == 0.f) continue;
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (int8_t)(clampi(nearest(x[16 * j + i] / d), -4, 3) + 4);
+    }
+    uint8_t u[256];
+    for (int j = 0; j < 256; j++) {
+        u[j] = (uint8_t)L[j];
+        if (u[j] > 3) {
+            hmask[j % 32] |= (uint8_t)(1 << (j / 32));
+            u[j] -= 4;
+        }
+    }
+    pack_2bit(u, qs);
 }

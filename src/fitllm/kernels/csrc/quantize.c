@@ -87,7 +87,9 @@ static void q4_1(const float *x, uint8_t *y) { affine(x, y, 4); }
 static void q5_1(const float *x, uint8_t *y) { affine(x, y, 5); }
 
 typedef void (*block_fn)(const float *x, uint8_t *y);
-void fl_quantize_q4_k(const float *x, uint8_t *y); /* kquantize.c: llama.cpp's reference algorithms */
+void fl_quantize_q2_k(const float *x, uint8_t *y); /* kquantize.c: llama.cpp's reference algorithms */
+void fl_quantize_q3_k(const float *x, uint8_t *y);
+void fl_quantize_q4_k(const float *x, uint8_t *y);
 void fl_quantize_q5_k(const float *x, uint8_t *y);
 void fl_quantize_q6_k(const float *x, uint8_t *y);
 
@@ -98,6 +100,8 @@ static block_fn block_quantizer(int type) {
         case FL_Q4_1: return q4_1;
         case FL_Q5_0: return q5_0;
         case FL_Q5_1: return q5_1;
+        case FL_Q2_K: return fl_quantize_q2_k;
+        case FL_Q3_K: return fl_quantize_q3_k;
         case FL_Q4_K: return fl_quantize_q4_k;
         case FL_Q5_K: return fl_quantize_q5_k;
         case FL_Q6_K: return fl_quantize_q6_k;
