@@ -139,6 +139,14 @@ static inline void fl_k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
 
 void fl_dequantize_row(int type, const uint8_t *src, int64_t n, float *dst);
 
+/* the value of largest magnitude among x[0..n), the first one on ties (the quantizers' "max") */
+static inline float fl_signed_max(const float *x, int n) {
+    float amax = 0.f, mx = 0.f;
+    for (int i = 0; i < n; i++)
+        if (x[i] > amax || -x[i] > amax) { amax = x[i] > 0 ? x[i] : -x[i]; mx = x[i]; }
+    return mx;
+}
+
 /* shared by core.c and layer.c */
 int fl_get_isa(void);
 size_t fl_row_bytes(int type, int64_t n);

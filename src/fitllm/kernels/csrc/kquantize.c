@@ -126,10 +126,8 @@ void fl_quantize_q5_k(const float *x, uint8_t *y) { /* d, dmin, scales[12], qh[3
 /* scale of 16 values with levels in [-nmax, nmax) (stored + nmax), x^2-weighted least squares over
  * 19 candidate scales (llama.cpp's make_qx_quants, rmse_type 1) */
 static float qx16(const float *x, int nmax, int8_t *L) {
-    float amax = 0, mx = 0;
-    for (int i = 0; i < 16; i++)
-        if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); mx = x[i]; }
-    if (amax < 1e-15f) {
+    const float mx = fl_signed_max(x, 16);
+    if (fabsf(mx) < 1e-15f) {
         memset(L, 0, 16);
         return 0.f;
     }
@@ -161,15 +159,23 @@ static float qx16(const float *x, int nmax, int8_t *L) {
     return scale;
 }
 
+/* the 16 scales of a block's 16-value groups fitted by fit; returns the one of largest magnitude */
+static float scales16(const float *x, float (*fit)(const float *, int, int8_t *), int nmax, int8_t *L,
+                      float *scales) {
+    float max_scale = 0, max_abs = 0;
+    for (int j = 0; j < 16; j++) {
+        scales[j] = fit(x + 16 * j, nmax, L + 16 * j);
+        if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
+    }
+    return max_scale;
+}
+
 void fl_quantize_q6_k(const float *x, uint8_t *y) { /* ql[128], qh[64], scales[16], d */
     int8_t L[256];
-    float scales[16], max_scale = 0, max_abs = 0;
-    for (int ib = 0; ib < 16; ib++) {
-        scales[ib] = qx16(x + 16 * ib, 32, L + 16 * ib);
-        if (fabsf(scales[ib]) > max_abs) { max_abs = fabsf(scales[ib]); max_scale = scales[ib]; }
-    }
+    float scales[16];
+    const float max_scale = scales16(x, qx16, 32, L, scales);
     memset(y, 0, 210);
-    if (max_abs < 1e-15f) return;
+    if (fabsf(max_scale) < 1e-15f) return;
     const float iscale = -128.f / max_scale;
     const uint16_t hd = fl_f2h(1 / iscale);
     memcpy(y + 208, &hd, 2);
@@ -234,10 +240,8 @@ void fl_quantize_q2_k(const float *x, uint8_t *y) { /* scales[16], qs[64], d, dm
 /* scale of 16 values with levels in [-nmax, nmax) (stored + nmax): x^2-weighted least squares, then
  * five rounds of moving single values where that lowers the error (llama.cpp's make_q3_quants) */
 static float q3_16(const float *x, int nmax, int8_t *L) {
-    float amax = 0, mx = 0;
-    for (int i = 0; i < 16; i++)
-        if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); mx = x[i]; }
-    if (amax < 1e-15f) {
+    const float mx = fl_signed_max(x, 16);
+    if (fabsf(mx) < 1e-15f) {
         memset(L, 0, 16);
         return 0.f;
     }
@@ -275,11 +279,8 @@ static float q3_16(const float *x, int nmax, int8_t *L) {
 
 void fl_quantize_q3_k(const float *x, uint8_t *y) { /* hmask[32], qs[64], scales[12], d */
     int8_t L[256];
-    float scales[16], max_scale = 0, amax = 0;
-    for (int j = 0; j < 16; j++) {
-        scales[j] = q3_16(x + 16 * j, 4, L + 16 * j);
-        if (fabsf(scales[j]) > amax) { amax = fabsf(scales[j]); max_scale = scales[j]; }
-    }
+    float scales[16];
+    const float max_scale = scales16(x, q3_16, 4, L, scales);
     memset(y, 0, 110);
     uint8_t *hmask = y, *qs = y + 32, *sc = y + 96;
     uint16_t hd = 0;

@@ -11,14 +11,6 @@ static void put_h(uint8_t *p, float v) {
     memcpy(p, &h, 2);
 }
 
-/* the value of largest magnitude, the first one on ties */
-static float signed_max(const float *x) {
-    float amax = 0.f, mx = 0.f;
-    for (int i = 0; i < 32; i++)
-        if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); mx = x[i]; }
-    return mx;
-}
-
 static void min_max(const float *x, float *mn, float *mx) {
     *mn = *mx = x[0];
     for (int i = 1; i < 32; i++) {
@@ -59,7 +51,7 @@ static void fifth_bits(const uint8_t *q, uint8_t *qh) {
 
 /* Q4_0 / Q5_0: d = the largest-magnitude value / -2^(bits-1), levels x / d + 2^(bits-1) */
 static void symmetric(const float *x, uint8_t *y, int bits) {
-    const float half = (float)(1 << (bits - 1)), d = signed_max(x) / -half, id = d != 0.f ? 1.f / d : 0.f;
+    const float half = (float)(1 << (bits - 1)), d = fl_signed_max(x, 32) / -half, id = d != 0.f ? 1.f / d : 0.f;
     uint8_t q[32];
     put_h(y, d);
     levels(x, 0.f, id, half + 0.5f, (1 << bits) - 1, q);
