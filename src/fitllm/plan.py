@@ -62,8 +62,10 @@ class ModelShape:
     def layer_of(self, name: str) -> int | None:
         return int(name.split(".")[1]) if name.startswith("blk.") else None
 
-    def read_per_token(self) -> int:
-        return int(sum(b * (self.expert_share if "_exps" in n else 1) for n, (_, b) in self.tensors.items()))
+    def read_per_token(self, keep=None) -> int:
+        """Bytes one token reads (of the tensors whose name keep accepts): all but unused experts."""
+        items = ((n, b) for n, (_, b) in self.tensors.items() if keep is None or keep(n))
+        return int(sum(b * (self.expert_share if "_exps" in n else 1) for n, b in items))
 
 
 def shape_of_gguf(f, quant: str | None = None) -> ModelShape:

@@ -65,16 +65,16 @@ def _check_memory(comm: Comm, share: int, kv: int, mmap_stream: bool) -> None:
 
 
 def _read_per_token(shape: ModelShape, a: int, b: int, head: bool) -> int:
-    """Bytes one token reads from layers [a, b) (and the output head): all but unused experts."""
-    total = 0
-    for name, (_, n) in shape.tensors.items():
+    """Bytes one token reads from layers [a, b) (and the output head, on the last rank)."""
+
+    def mine(name: str) -> bool:
         layer = shape.layer_of(name)
         if layer is not None:
-            mine = a <= layer < b
-        else:  # the head: output norm and matrix, or the embedding when it is the output too
-            mine = head and (name != "token_embd.weight" or "output.weight" not in shape.tensors)
-        total += int(n * (shape.expert_share if "_exps" in name else 1)) if mine else 0
-    return total
+            return a <= layer < b
+        # the head: output norm and matrix, or the embedding when it is the output too
+        return head and (name != "token_embd.weight" or "output.weight" not in shape.tensors)
+
+    return shape.read_per_token(mine)
 
 
 def load_split(

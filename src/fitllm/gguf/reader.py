@@ -126,6 +126,7 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
+        self._fd: int | None = None  # for read(), opened on first use
         if not os.path.isfile(self.path):
             raise GGUFError(f"{self.path}: no such file")
         size = os.path.getsize(self.path)
@@ -186,11 +187,19 @@ class GGUFFile:
         if start < 0 or n < 0 or start + n > t.nbytes:
             raise ValueError(f"{t.name}: bytes [{start}, {start + n}) outside its {t.nbytes}")
         out = np.empty(n, np.uint8)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(t.offset + start)
-            if f.readinto(memoryview(out)) != n:
+        if self._fd is None:  # one descriptor for every read (norms at load, rows per token)
+            self._fd = os.open(self.path, os.O_RDONLY)
+        view, got = memoryview(out), 0
+        while got < n:  # one call reads at most ~2 GiB
+            r = os.preadv(self._fd, [view[got:]], t.offset + start + got)
+            if r <= 0:
                 raise GGUFError(f"{self.path}: short read in tensor {t.name}")
+            got += r
         return out
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def header_hash(self) -> str:
         """sha256 of the header (metadata and tensor table) and the file size: which model it is."""

@@ -138,9 +138,12 @@ class Server:
         self.slots: Slots | None = None  # made in the event loop that serves
 
     # --- plumbing ---------------------------------------------------------------------------
-    async def _body(self, request: Request) -> dict:
+    def _auth(self, request: Request) -> None:
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
             raise HTTPError(401, "invalid API key", "authentication_error", "invalid_api_key")
+
+    async def _body(self, request: Request) -> dict:
+        self._auth(request)
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -188,10 +191,10 @@ class Server:
 
     # --- endpoints --------------------------------------------------------------------------
     async def models(self, request: Request) -> Response:
-        if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
-            return error_response(
-                HTTPError(401, "invalid API key", "authentication_error", "invalid_api_key")
-            )
+        try:
+            self._auth(request)
+        except HTTPError as e:
+            return error_response(e)
         model = {"id": self.model_id, "object": "model", "created": int(time.time()), "owned_by": "fitllm"}
         return JSONResponse({"object": "list", "data": [model]})
 
