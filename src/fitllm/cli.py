@@ -116,8 +116,13 @@ def _bench(a: argparse.Namespace) -> None:
 
 def _convert(a: argparse.Namespace) -> None:
     from fitllm.convert.grok1 import convert_grok1
+    from fitllm.convert.hf import convert_hf, is_hf_folder
 
-    convert_grok1(a.checkpoint, a.outfile, a.type, a.tokenizer, a.config, progress=not a.no_progress)
+    if is_hf_folder(a.checkpoint):
+        convert_hf(a.checkpoint, a.outfile, a.type or "f16", a.threads, progress=not a.no_progress)
+    else:
+        t = (a.type or "q8_0").lower()
+        convert_grok1(a.checkpoint, a.outfile, t, a.tokenizer, a.config, progress=not a.no_progress)
 
 
 def _plan(a: argparse.Namespace) -> None:
@@ -248,14 +253,22 @@ def _add_tools(sub) -> None:
 
 
 def _add_convert_plan(sub) -> None:
-    from fitllm.convert.grok1 import OUT_TYPES
-
-    c = sub.add_parser("convert", help="convert xAI's Grok-1 release checkpoint (ckpt-0/) to GGUF")
-    c.add_argument("checkpoint", help="the folder holding ckpt-0/, or ckpt-0/ itself")
+    c = sub.add_parser(
+        "convert", help="convert a Hugging Face checkpoint or Grok-1's release checkpoint to GGUF"
+    )
+    c.add_argument(
+        "checkpoint",
+        help="a Hugging Face folder (config.json + weights), or the folder holding Grok-1's ckpt-0/",
+    )
     c.add_argument("-o", "--outfile", required=True)
-    c.add_argument("--type", default="q8_0", choices=list(OUT_TYPES))
-    c.add_argument("--tokenizer", help="tokenizer.model (SentencePiece) to embed")
-    c.add_argument("--config", help="JSON object with run.py's fields (default: Grok-1's config)")
+    c.add_argument(
+        "--type",
+        help="f32 f16 bf16 q8_0 ... or a llama.cpp mix such as Q4_K_M (default: f16; q8_0 for ckpt-0/,"
+        " which takes f32 f16 bf16 q8_0 q5_0 q5_1 q4_0 q4_1 q4_k)",
+    )
+    c.add_argument("-t", "--threads", type=int, default=len(__import__("os").sched_getaffinity(0)))
+    c.add_argument("--tokenizer", help="ckpt-0/: tokenizer.model (SentencePiece) to embed")
+    c.add_argument("--config", help="ckpt-0/: JSON object with run.py's fields (default: Grok-1's config)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_convert)
 

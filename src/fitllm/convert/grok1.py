@@ -25,6 +25,7 @@ from fitllm.convert.grok1_checkpoint import (
     round_bf16,
     rows,
 )
+from fitllm.convert.vocab import sentencepiece_vocab, write_vocab
 from fitllm.gguf.writer import GGUFStreamWriter
 from fitllm.quant.quantize import CHUNK_ELEMENTS, quantize
 
@@ -90,36 +91,10 @@ def add_metadata(w: GGUFStreamWriter, cfg: Grok1Config, name: str) -> None:
 def add_tokenizer(w: GGUFStreamWriter, path: Path, vocab_size: int) -> None:
     """The SentencePiece model as llama.cpp's converter embeds it ("llama" tokenizer); no BOS is
     added to prompts, as the reference encodes them."""
-    import sentencepiece
-
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-    n = sp.get_piece_size()
-    if n != vocab_size:
-        raise ValueError(f"{path}: {n} pieces, but the model's vocab_size is {vocab_size}")
-    types = [
-        3
-        if sp.is_control(i)
-        else 2
-        if sp.is_unknown(i)
-        else 5
-        if sp.is_unused(i)
-        else 6
-        if sp.is_byte(i)
-        else 1
-        for i in range(n)
-    ]
-    m = w.meta
-    m.add_tokenizer_model("llama")
-    m.add_tokenizer_pre("default")
-    m.add_token_list([sp.id_to_piece(i) for i in range(n)])
-    m.add_token_scores([sp.get_score(i) for i in range(n)])
-    m.add_token_types(types)
-    m.add_pad_token_id(sp.pad_id() if sp.pad_id() >= 0 else 0)
-    m.add_bos_token_id(sp.bos_id())
-    m.add_eos_token_id(sp.eos_id())
-    m.add_unk_token_id(sp.unk_id())
-    m.add_add_bos_token(False)
-    m.add_add_space_prefix(True)
+    v = sentencepiece_vocab(path)
+    if len(v.tokens) != vocab_size:
+        raise ValueError(f"{path}: {len(v.tokens)} pieces, but the model's vocab_size is {vocab_size}")
+    write_vocab(w.meta, v, add_bos=False)
 
 
 def _row_slices(n_rows: int, n_in: int):

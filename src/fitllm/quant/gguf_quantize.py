@@ -34,22 +34,28 @@ def _copy_metadata(f: GGUFFile, w: GGUFStreamWriter) -> None:
             w.meta.add_key_value(key, value, vtype, sub_type=sub)
 
 
-def _slices(t, new: Q, threads: int, pool: ThreadPoolExecutor):
-    """The tensor re-encoded as `new`, slice by slice (in order)."""
-    cols = t.shape[-1]
-    rows = t.n_elements // cols
-    src_rb = kernels.row_bytes(t.ggml_type, cols)
+def encode_rows(read, rows: int, cols: int, new: Q, threads: int, pool: ThreadPoolExecutor):
+    """A (rows, cols) matrix encoded as `new`, slice by slice in order; read(r0, n) gives rows
+    r0..r0+n as float32. Slices are encoded on the pool a window at a time: bounded memory."""
     step = max(1, SLICE_ELEMENTS // cols)
 
     def job(r0: int) -> np.ndarray:
-        n = min(step, rows - r0)
-        x = kernels.dequantize(t.ggml_type, t.data[r0 * src_rb : (r0 + n) * src_rb], n, cols)
-        return quantize(x, new).view(np.uint8)
+        return quantize(read(r0, min(step, rows - r0)), new).view(np.uint8)
 
     starts = list(range(0, rows, step))
-    for i in range(0, len(starts), threads):  # a window of tasks: bounded memory
-        for out in pool.map(job, starts[i : i + threads]):
-            yield out
+    for i in range(0, len(starts), threads):
+        yield from pool.map(job, starts[i : i + threads])
+
+
+def _slices(t, new: Q, threads: int, pool: ThreadPoolExecutor):
+    """The GGUF tensor t re-encoded as `new`."""
+    cols = t.shape[-1]
+    rb = kernels.row_bytes(t.ggml_type, cols)
+
+    def read(r0: int, n: int) -> np.ndarray:
+        return kernels.dequantize(t.ggml_type, t.data[r0 * rb : (r0 + n) * rb], n, cols)
+
+    return encode_rows(read, t.n_elements // cols, cols, new, threads, pool)
 
 
 def quantize_gguf(src: str, dst: str, type_name: str, threads: int = 2, progress: bool = True) -> dict:
