@@ -20,6 +20,7 @@ from fitllm.cli import main
 from fitllm.convert.grok1_checkpoint import CheckpointError
 from fitllm.convert.hf import convert_hf
 from fitllm.gguf import GGUFFile
+from grok1_fixture import TINY_VOCAB, TOKENIZER, ffn_size, write_vocab_model
 from hf_fixture import hf_logits, real_from_gguf, tiny, tokenizer_from_gguf
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
@@ -199,3 +200,56 @@ def test_memory_stays_near_one_tensor(smol_hf, tmp_path):
     )
     grown_mb = float(r.stdout.decode().split()[-1])
     assert grown_mb < 2.5 * 113, grown_mb
+
+
+# keyfan/grok-1-hf's layout (llama.cpp's GrokModel reads it), stated here apart from the converter's tables
+GROK_HF = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "attn_q": "self_attn.q_proj",
+           "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+           "attn_norm": "pre_attn_norm", "attn_output_norm": "post_attn_norm", "ffn_norm": "pre_moe_norm",
+           "layer_output_norm": "post_moe_norm", "ffn_gate_inp": "block_sparse_moe.gate",
+           "ffn_gate_exps": "w1", "ffn_down_exps": "w2", "ffn_up_exps": "w3"}  # fmt: skip
+
+
+def grok_hf_from_gguf(src: Path, dst: Path, c: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    dst.mkdir()
+    weights = {}
+    for name, t in GGUFFile(str(src)).tensors.items():
+        parts = name.split(".")
+        x = np.asarray(t.data).view(np.float32).reshape(t.shape)
+        if parts[0] != "blk":
+            weights[GROK_HF[parts[0]] + ".weight"] = x
+        elif parts[2].endswith("_exps"):
+            for e in range(x.shape[0]):
+                weights[
+                    f"model.layers.{parts[1]}.block_sparse_moe.experts.{e}.{GROK_HF[parts[2]]}.weight"
+                ] = x[e]
+        else:
+            weights[f"model.layers.{parts[1]}.{GROK_HF[parts[2]]}.weight"] = x
+    save_file(weights, str(dst / "model.safetensors"))
+    fields = dict(vocab_size="vocab_size", hidden_size="emb_size", num_hidden_layers="num_layers",
+                  num_attention_heads="num_q_heads", num_key_value_heads="num_kv_heads", head_dim="key_size",
+                  max_position_embeddings="sequence_len", num_experts="num_experts",
+                  num_experts_per_tok="num_selected_experts")  # fmt: skip
+    for k in ("embedding_multiplier_scale", "output_multiplier_scale", "attn_output_multiplier"):
+        fields[k] = k
+    cfg = {k: c[v] for k, v in fields.items()}
+    cfg.update(architectures=["Grok1ModelForCausalLM"], intermediate_size=ffn_size(c), rope_theta=1e4)
+    cfg.update(rms_norm_eps=1e-5, max_attn_value=30.0, tie_word_embeddings=True)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    (dst / "tokenizer.model").write_bytes(TOKENIZER.read_bytes())
+    return dst
+
+
+def test_grok1_hf_layout_gives_the_release_checkpoints_gguf(tmp_path):
+    """The same weights through both converters: the HF layout's GGUF = the ckpt-0 one's."""
+    ref = write_vocab_model(tmp_path, "f32")
+    hf = grok_hf_from_gguf(ref, tmp_path / "grok-hf", TINY_VOCAB)
+    out = convert_hf(hf, tmp_path / "hf.f32.gguf", "f32", progress=False)
+    a, b = GGUFFile(str(ref)), GGUFFile(str(out))
+    assert tensor_hashes(out) == tensor_hashes(ref)  # names, types and bytes (the order may differ)
+    skip = ("general.name", "tokenizer.ggml.add_bos_token")  # a ckpt has no tokenizer_config.json
+    for k in set(a.metadata) | set(b.metadata):
+        if k not in skip:
+            assert np.array_equal(np.asarray(a.get(k)), np.asarray(b.get(k))), k

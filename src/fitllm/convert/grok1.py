@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION
 from gguf import GGMLQuantizationType as Q
 from tqdm import tqdm
 
@@ -28,6 +28,7 @@ from fitllm.convert.grok1_checkpoint import (
 from fitllm.convert.vocab import sentencepiece_vocab, write_vocab
 from fitllm.gguf.writer import GGUFStreamWriter
 from fitllm.quant.quantize import CHUNK_ELEMENTS, quantize
+from fitllm.quant.recipe import FTYPES, ftype
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ def convert_grok1(
     total = sum(f.stat().st_size for f in files)
     with GGUFStreamWriter(out, "grok") as w:
         add_metadata(w, cfg, "Grok-1" if cfg == Grok1Config() else "Grok-1-shaped")
+        w.meta.add_file_type(FTYPES[ftype(out_type)][1])
+        w.meta.add_quantization_version(GGML_QUANT_VERSION)
         if tokenizer:
             add_tokenizer(w, Path(tokenizer), cfg.vocab_size)
         for leaf, t in plan:

@@ -164,7 +164,7 @@ def plan_tensors(tensors: dict[str, HFTensor], arch: str, cfg: dict) -> list[Out
         if name is None or (tied and name == "lm_head.weight"):
             continue
         m = re.match(HF_EXPERT, name)
-        key = f"{m['base']}.{m['w']}" if m else name
+        key = f"{m['base']}.{m['w']}.weight" if m else name
         gname = tmap.get_name(key, try_suffixes=(".weight", ".bias"))
         if gname is None:
             unknown.append(raw_name)
