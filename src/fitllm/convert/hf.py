@@ -105,9 +105,8 @@ def add_hparams(m: gguf.GGUFWriter, arch: str, cfg: dict) -> None:
         m.add_sliding_window(cfg["sliding_window"])
         if (p := _swa_period(cfg)) != 6:
             m.add_uint32(f"{arch}.attention.sliding_window_pattern", p)
-        swa = cfg.get("rope_local_base_freq") or _rope(cfg, "sliding_attention")
-        if swa and swa != 10000.0:
-            m.add_float32(f"{arch}.rope.freq_base_swa", float(swa))
+        swa = cfg.get("rope_local_base_freq") or _rope(cfg, "sliding_attention") or 10000.0
+        m.add_float32(f"{arch}.rope.freq_base_swa", float(swa))
         if cfg.get("final_logit_softcapping"):
             m.add_final_logit_softcapping(cfg["final_logit_softcapping"])
     if arch == "grok":  # Grok's own names (xai-org/grok-1 model.py)
@@ -221,6 +220,7 @@ def convert_hf(
     vocab.pad_to(cfg["vocab_size"])
     total = sum(s.data.nbytes for o in plan for s in o.sources)
     with GGUFStreamWriter(out, arch) as w, ThreadPoolExecutor(threads) as pool:
+        w.meta.add_type("model")
         w.meta.add_name(cfg.get("_name_or_path") or folder.name)
         add_hparams(w.meta, arch, cfg)
         w.meta.add_file_type(recipe.file_type)
