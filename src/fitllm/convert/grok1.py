@@ -68,6 +68,7 @@ def gguf_shape(leaf: Leaf) -> tuple[int, ...]:
 
 def add_metadata(w: GGUFStreamWriter, cfg: Grok1Config, name: str) -> None:
     m = w.meta
+    m.add_type("model")
     m.add_name(name)
     m.add_context_length(cfg.sequence_len)
     m.add_embedding_length(cfg.emb_size)
