@@ -42,10 +42,14 @@ def one_process(path: str) -> tuple[np.ndarray, list[int], float]:
     kv = m.new_cache(64)
     toks = np.array([t % m.hp.n_vocab for t in PROMPT])
     logits = m.forward(toks, kv, all_logits=True)
-    greedy, tok = [], int(logits[-1].argmax())
+    top2 = np.sort(logits[-1])[-2:]
+    greedy, gaps, tok = [], [float(top2[1] - top2[0])], int(logits[-1].argmax())
     for _ in range(12):
         greedy.append(tok)
-        tok = int(m.forward(np.array([tok]), kv)[-1].argmax())
+        last = m.forward(np.array([tok]), kv)[-1]
+        top2 = np.sort(last)[-2:]
+        gaps.append(float(top2[1] - top2[0]))
+        tok = int(last.argmax())
     embed, rng, tol = m.embed, np.random.default_rng(0), 0.0
     for _ in range(2):
         m.embed = lambda t: (
@@ -53,7 +57,15 @@ def one_process(path: str) -> tuple[np.ndarray, list[int], float]:
         )
         moved = m.forward(toks, m.new_cache(64), all_logits=True)
         tol = max(tol, np.linalg.norm(moved - logits) / np.linalg.norm(logits))
-    return logits, greedy, tol
+    return logits, (greedy, gaps), tol
+
+
+def same_greedy(got: list[int], ref: tuple[list[int], list[float]]) -> bool:
+    """The same greedy tokens up to the first near tie (top two within 0.5) of the reference, where
+    sums in another order may pick the other one."""
+    tokens, gaps = ref
+    k = next((i for i, g in enumerate(gaps[: len(tokens)]) if g < 0.5), len(tokens))
+    return len(got) == len(tokens) and got[:k] == tokens[:k]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +86,7 @@ def test_split_run_is_one_process(models, reference, tmp_path, name, n, mode):
     r = mpirun(n, models[name], mode, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     logits, greedy, tol = reference[name]
-    assert json.loads((tmp_path / "greedy.json").read_text()) == greedy
+    assert same_greedy(json.loads((tmp_path / "greedy.json").read_text()), greedy)
     got = np.load(tmp_path / "logits.npy")
     if mode == "layer":  # the same kernels on the same rows: bit-identical
         np.testing.assert_array_equal(got, logits)
@@ -97,7 +109,7 @@ def test_tensor_split_shares_a_kv_head_over_ranks(gemma3_path, tmp_path):
     logits, greedy, tol = one_process(gemma3_path)
     r = mpirun(3, gemma3_path, "tensor", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((tmp_path / "greedy.json").read_text()) == greedy
+    assert same_greedy(json.loads((tmp_path / "greedy.json").read_text()), greedy)
     got = np.load(tmp_path / "logits.npy")
     assert np.linalg.norm(got - logits) / np.linalg.norm(logits) <= 2 * tol
 
@@ -105,7 +117,7 @@ def test_tensor_split_shares_a_kv_head_over_ranks(gemma3_path, tmp_path):
 def test_uneven_shares(models, reference, tmp_path):
     r = mpirun(2, models["smollm2"], "tensor", tmp_path, shares="3,1")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((tmp_path / "greedy.json").read_text()) == reference["smollm2"][1]
+    assert same_greedy(json.loads((tmp_path / "greedy.json").read_text()), reference["smollm2"][1])
     a, b = (json.loads((tmp_path / f"rank{r}.json").read_text())["share"] for r in range(2))
     assert 2.5 <= a / b <= 3.5
 

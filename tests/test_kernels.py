@@ -100,6 +100,28 @@ def test_isa_paths_agree():
         np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-5 * np.abs(outs[0]).max())
 
 
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_a_tokens_sums_depend_only_on_its_batch_side(t):
+    """A token's product is bit-identical in every batch on the same side of batch_min_tokens()
+    (the strip kernels from there on), whatever the thread count or where the rows fall."""
+    rng = np.random.default_rng(3)
+    rows, cols = 37, 512  # rows: two 16-row strips and a padded one
+    w = make_weights(t, rows, cols, rng)
+    x = rng.standard_normal((41, cols)).astype(np.float32)  # 41 tokens: tasks of 32 + 9
+    lo = K.batch_min_tokens()
+    threads = K.get_threads()
+    try:
+        for n in (1, 2):
+            K.set_threads(n)
+            big = K.matmul(int(t), w, rows, cols, x)
+            for T_ in (max(lo, 1), 16, 33):
+                assert np.array_equal(K.matmul(int(t), w, rows, cols, x[:T_]), big[:T_])
+            small = K.matmul(int(t), w, rows, cols, x[: max(lo - 1, 1)])
+            assert np.array_equal(K.matmul(int(t), w, rows, cols, x[:1]), small[:1])
+    finally:
+        K.set_threads(threads)
+
+
 def test_sizes_are_checked():
     rng = np.random.default_rng(1)
     w = make_weights(T.Q4_0, 8, 64, rng)

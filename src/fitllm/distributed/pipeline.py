@@ -28,8 +28,14 @@ class PipelineModel(SplitModel):
         return KVCache(self.b - self.a, n_ctx, self.hp.n_head_kv, self.hp.head_dim)
 
     def _chunks(self, T: int) -> list[tuple[int, int]]:
-        mb = self.micro_batch or max(1, -(-T // (2 * self.comm.size)))
-        return [(i, min(T, i + mb)) for i in range(0, T, mb)]
+        """Micro-batches of about T / (2 ranks), even, and none under the kernels' batch size
+        threshold when T is not: the same sums as one process running all T at once."""
+        n = -(-T // self.micro_batch) if self.micro_batch else min(T, 2 * self.comm.size)
+        lo = kernels.batch_min_tokens()
+        if lo and T >= lo:
+            n = max(1, min(n, T // lo))
+        cuts = [T * i // n for i in range(n + 1)]
+        return list(zip(cuts[:-1], cuts[1:]))
 
     def _run_layers(self, x: np.ndarray, pos0: int, n_out: int) -> None:
         kv = self._kv

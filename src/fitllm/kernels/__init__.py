@@ -82,6 +82,13 @@ def get_isa() -> int:
     return _lib.fl_get_isa()
 
 
+def batch_min_tokens() -> int:
+    """Matrix products of at least this many tokens sum in another order than smaller ones (the
+    AVX-512 strip kernels; 0: one order for all). Work split into batches stays on one side of it
+    to give the same bits."""
+    return _lib.fl_batch_min_tokens()
+
+
 def set_isa(level: int) -> None:
     """Force a kernel path (tests compare them); refuses one this CPU cannot run."""
     if _lib.fl_set_isa(int(level)) != 0:

@@ -18,6 +18,8 @@ int fl_isa_supported(void) {
     return FL_ISA_PORTABLE;
 }
 
+int fl_batch_min_tokens(void) { return fl_get_isa() == FL_ISA_AVX512VNNI ? FL_STRIP_MIN_T : 0; }
+
 int fl_get_isa(void) {
     if (g_isa < 0) g_isa = fl_isa_supported();
     return g_isa;
@@ -62,7 +64,7 @@ int fl_get_rows(int type, const void *w, size_t w_bytes, int64_t nrows, int64_t 
 }
 
 typedef void (*mm_q_fn)(int, const uint8_t *, size_t, int64_t, const fl_q8 *, const void *, int64_t, int64_t, int64_t, float *,
-                        int64_t);
+                        int64_t, int64_t);
 typedef void (*mm_f_fn)(int, const uint8_t *, size_t, int64_t, const float *, int64_t, int64_t, int64_t, float *,
                         int64_t);
 static const mm_q_fn MM_Q[] = {fl_mm_q_portable, fl_mm_q_avx2, fl_mm_q_vnni};
@@ -98,7 +100,7 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
         const uint8_t *a = (const uint8_t *)act + t0 * ab;
         if (kind >= FL_ACT_Q8_0)
             MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, pk ? pk + t0 * (ncols / 64) * FL_ZPACK_BYTES : NULL,
-                      nt, r0, r1, y + t0 * ldy, ldy);
+                      nt, r0, r1, y + t0 * ldy, ldy, T);
         else
             MM_F[isa](type, w, rb, ncols, (const float *)a, nt, r0, r1, y + t0 * ldy, ldy);
         if (bias)

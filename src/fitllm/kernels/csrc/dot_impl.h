@@ -202,18 +202,27 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
 #include "dot_avx512.h"
 #endif
 
-/* rows [r0, r1) x T_ tokens in tiles. AVX-512: 2 x 16, 8 or 4 for batches (the 2 x C accumulators
- * fill the registers), 4 x 1 for the rest; else RT x CT, then 4 x 1. Within one ISA every
- * (row, token) dot product is summed in the same order whatever tile it falls in, so a token's
- * result does not depend on the batch around it (cache = no cache, an MoE expert's tokens = dense). */
+/* rows [r0, r1) x T_ tokens (of a product of `batch` tokens) in tiles. AVX-512: products of
+ * FL_STRIP_MIN_T tokens or more on 16-row strips (dot_avx512.h) for the types with a scale per 32,
+ * else 2 x 16, 8 or 4 (the 2 x C accumulators fill the registers), 4 x 1 for the rest; other ISAs
+ * RT x CT, then 4 x 1. Every (row, token) dot product is summed in the same order whatever tile,
+ * task or thread it falls to, so a token's result depends on its batch only through the batch's
+ * size being under FL_STRIP_MIN_T or not (cache = no cache, an MoE expert's tokens = dense, within
+ * each side). */
 #define RT 2
 #define CT (FL_VNNI ? 4 : 2)
 ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a,
-                            const void *pk, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+                            const void *pk, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy,
+                            int64_t batch) {
     const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
     int64_t t = 0, r;
 #if FL_VNNI
     /* tile_z takes blocks in pairs; Q4_1/Q5_1 (float mins per 32) are faster in tile_q */
+    (void)batch;
+    if (batch >= FL_STRIP_MIN_T && strip_type(type)) {
+        r0 = strip_rows(type, w, rb, nb32, a, T_, r0, r1, y, ldy);
+        if (r0 >= r1) return;
+    }
     if ((FL_TYPES[type].blck > 32 || nblk % 2 == 0) && type != FL_Q4_1 && type != FL_Q5_1 && pk) {
         const zpack *z = (const zpack *)pk; /* nb32 / 2 per token */
         for (; t + 16 <= T_; t += 16) zrows(type, 2, 16, w, rb, nb32, a + t * nb32, z + t * (nb32 / 2), nblk, r0, r1, y + t * ldy, ldy);
@@ -335,7 +344,7 @@ ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, 
 
 /* one case per type so that dot_row_q is specialised with the type as a constant */
 #if FL_SIMD
-#define FL_MM_CASE(T) case T: mm_tiles(T, w, row_bytes, nb32, a, pk, T_, r0, r1, y, ldy); break;
+#define FL_MM_CASE(T) case T: mm_tiles(T, w, row_bytes, nb32, a, pk, T_, r0, r1, y, ldy, batch); break;
 #else
 #define FL_MM_CASE(T)                                                              \
     case T:                                                                        \
@@ -346,10 +355,12 @@ ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, 
 #endif
 
 void FL_PASTE(fl_mm_q_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a,
-                                   const void *pk, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+                                   const void *pk, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy,
+                                   int64_t batch) {
     const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
     (void)nblk;
     (void)pk;
+    (void)batch;
     switch (type) {
         FL_MM_CASE(FL_Q4_0) FL_MM_CASE(FL_Q4_1) FL_MM_CASE(FL_Q5_0) FL_MM_CASE(FL_Q5_1)
         FL_MM_CASE(FL_Q8_0) FL_MM_CASE(FL_Q2_K) FL_MM_CASE(FL_Q3_K) FL_MM_CASE(FL_Q4_K)

@@ -73,10 +73,16 @@ int64_t fl_gguf_strings(const uint8_t *buf, size_t size, size_t off, int64_t n, 
 #define FL_ZPACK_BYTES 192
 const void *fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 
+/* AVX-512 VNNI: matrix products of at least this many tokens (`batch`, the whole product's) run
+ * on repacked 16-row strips, which sum in another order than the smaller ones' tiles */
+#define FL_STRIP_MIN_T 8
+int fl_batch_min_tokens(void);
+
 /* Per-ISA row kernels: y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1). */
 #define FL_DECLARE_ISA(sfx)                                                                       \
     void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a,  \
-                       const void *pk, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
+                       const void *pk, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy,  \
+                       int64_t batch);                                                          \
     void fl_mm_f_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t ncols,               \
                        const float *x, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
     float fl_dot_f16_##sfx(const uint16_t *a, const uint16_t *b, int64_t n);                    \
