@@ -71,9 +71,9 @@ class ModelShape:
 def shape_of_gguf(f, quant: str | None = None) -> ModelShape:
     """From a GGUF file's tensor table (a path or an open GGUFFile); with quant, its shapes at
     that quantization (typed as `fitllm convert --type quant` would)."""
-    from fitllm.convert.grok1 import OUT_TYPES, pick_type
     from fitllm.gguf import GGUFFile
     from fitllm.gguf.writer import tensor_nbytes
+    from fitllm.quant.recipe import OUT_TYPES, pick_type
 
     f = f if isinstance(f, GGUFFile) else GGUFFile(f)
     a = f.architecture
@@ -101,7 +101,7 @@ def shape_of_gguf(f, quant: str | None = None) -> ModelShape:
 
 
 def _quant(quant: str) -> str:
-    from fitllm.convert.grok1 import OUT_TYPES
+    from fitllm.quant.recipe import OUT_TYPES
 
     if quant.lower() not in OUT_TYPES:
         raise ValueError(f"unknown quantization {quant!r} (choose from {', '.join(OUT_TYPES)})")
@@ -110,9 +110,10 @@ def _quant(quant: str) -> str:
 
 def shape_of_grok1(quant: str) -> ModelShape:
     """Grok-1's real shapes as `fitllm convert --type quant` writes them (tied output, no copy)."""
-    from fitllm.convert.grok1 import OUT_TYPES, gguf_shape, tensor_type
+    from fitllm.convert.grok1 import gguf_shape, tensor_type
     from fitllm.convert.grok1_checkpoint import Grok1Config, leaves
     from fitllm.gguf.writer import tensor_nbytes
+    from fitllm.quant.recipe import OUT_TYPES
 
     quant = _quant(quant)
     cfg = Grok1Config()
@@ -308,7 +309,7 @@ def plan(
 
 def suggest(arch: str, hosts: list[int], n_ctx: int, bandwidth: float, latency: float, net_bw: float) -> str:
     """The most precise quantization of a named architecture for which a split fits."""
-    from fitllm.convert.grok1 import OUT_TYPES
+    from fitllm.quant.recipe import OUT_TYPES
 
     shapes = {q: ARCHS[arch](q) for q in OUT_TYPES}
     for q in sorted(shapes, key=lambda q: -shapes[q].weight_bytes):  # biggest first

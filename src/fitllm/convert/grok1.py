@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION
+from gguf import GGML_QUANT_VERSION
 from gguf import GGMLQuantizationType as Q
 from tqdm import tqdm
 
@@ -28,27 +28,9 @@ from fitllm.convert.grok1_checkpoint import (
 from fitllm.convert.vocab import sentencepiece_vocab, write_vocab
 from fitllm.gguf.writer import GGUFStreamWriter
 from fitllm.quant.quantize import CHUNK_ELEMENTS, quantize
-from fitllm.quant.recipe import FTYPES, ftype
+from fitllm.quant.recipe import FTYPES, OUT_TYPES, ftype, pick_type
 
 log = logging.getLogger(__name__)
-
-OUT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q5_0": Q.Q5_0, "q5_1": Q.Q5_1,
-             "q4_0": Q.Q4_0, "q4_1": Q.Q4_1, "q4_k": Q.Q4_K}  # fmt: skip
-_LOW_BIT = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K}
-
-
-def pick_type(kind: str, n_in: int, out: Q) -> Q:
-    """The GGUF type of a tensor when a model is written at `out`: norms and the router stay f32
-    (as llama.cpp keeps them); the embedding, which is also the output matrix when tied, gets 8
-    bits when the rest gets fewer; rows that are not whole blocks of the chosen type fall back to
-    Q8_0, then F16. kind: norm, router, embedding or weight."""
-    if kind in ("norm", "router"):
-        return Q.F32
-    t = Q.Q8_0 if kind == "embedding" and out in _LOW_BIT else out
-    for cand in (t, Q.Q8_0, Q.F16):
-        if n_in % GGML_QUANT_SIZES[cand][0] == 0:
-            return cand
-    return Q.F16
 
 
 def tensor_type(leaf: Leaf, out: Q) -> Q:

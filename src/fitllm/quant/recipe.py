@@ -118,3 +118,24 @@ class Recipe:
         if f == "Q4_K_S" and layer < n // 8:
             return Q.Q5_K
         return t
+
+
+# fitllm convert's --type for Grok-1's release checkpoint (and plan's --quant): one type for the
+# matrices, with these exceptions
+OUT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q5_0": Q.Q5_0, "q5_1": Q.Q5_1,
+             "q4_0": Q.Q4_0, "q4_1": Q.Q4_1, "q4_k": Q.Q4_K}  # fmt: skip
+_LOW_BIT = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K}
+
+
+def pick_type(kind: str, n_in: int, out: Q) -> Q:
+    """The GGUF type of a tensor when a model is written at `out`: norms and the router stay f32
+    (as llama.cpp keeps them); the embedding, which is also the output matrix when tied, gets 8
+    bits when the rest gets fewer; rows that are not whole blocks of the chosen type fall back to
+    Q8_0, then F16. kind: norm, router, embedding or weight."""
+    if kind in ("norm", "router"):
+        return Q.F32
+    t = Q.Q8_0 if kind == "embedding" and out in _LOW_BIT else out
+    for cand in (t, Q.Q8_0, Q.F16):
+        if n_in % GGML_QUANT_SIZES[cand][0] == 0:
+            return cand
+    return Q.F16
