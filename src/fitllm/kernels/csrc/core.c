@@ -92,11 +92,13 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
     const int isa = fl_get_isa(), kind = fl_act_kind(type);
     const size_t rb = fl_row_bytes(type, ncols), ab = fl_act_row_bytes(kind, ncols);
     const int64_t nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    const int64_t ntask = nrt * ((T + TOKENS_PER_TASK - 1) / TOKENS_PER_TASK);
+    /* strips are repacked once per task: give them more tokens to share it */
+    const int64_t tpt = isa == FL_ISA_AVX512VNNI && T >= FL_STRIP_MIN_T && FL_STRIP_TYPE(type) ? 128 : TOKENS_PER_TASK;
+    const int64_t ntask = nrt * ((T + tpt - 1) / tpt);
     const uint8_t *pk = isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? fl_pack_vnni(act, ncols / 32, T) : NULL;
     for (int64_t k = ith; k < ntask; k += nth) {
         const int64_t r0 = (k % nrt) * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < nrows ? r0 + ROWS_PER_TASK : nrows;
-        const int64_t t0 = (k / nrt) * TOKENS_PER_TASK, nt = T - t0 < TOKENS_PER_TASK ? T - t0 : TOKENS_PER_TASK;
+        const int64_t t0 = (k / nrt) * tpt, nt = T - t0 < tpt ? T - t0 : tpt;
         const uint8_t *a = (const uint8_t *)act + t0 * ab;
         if (kind >= FL_ACT_Q8_0)
             MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, pk ? pk + t0 * (ncols / 64) * FL_ZPACK_BYTES : NULL,

@@ -158,25 +158,19 @@ ALWAYS_INLINE void zrows(const int type, const int R, const int C, const uint8_t
     for (; r < r1; r++) tile_z(type, 1, C, w + r * rb, rb, a, pk, nb32, nblk, y + r, ldy);
 }
 
-/* Prompt batches: 16-row strips. The strip's quants are repacked once per matmul call (into this
- * thread's buffer) so that one register holds the same 4 elements of 16 rows; one vpdpbusd with
- * a token's 4 activation bytes broadcast then advances 16 rows, and the float work (conversion,
- * scale product, FMA) is per 16 rows, not per row: ~0.7 vector ops per (row, token, 32 elements)
- * where tile_z needs 2 (2 x 1536 x 1536 by 128 tokens: ~85 -> ~128 GMAC/s). Sub-blocks of
- * S = 32 elements with one scale and, for Q4_1 Q5_1 Q4_K Q5_K, a min (times the token's sum). Each (row, token) sum is exact per sub-block, then accumulated in
- * sub-block order: the same for every token of every batch that takes this path. */
-static __thread uint8_t *SB;     /* this thread's repacked strip */
+/* Prompt batches: 16-row strips (FL_STRIP_TYPE: a scale, and for Q4_1 Q5_1 Q4_K Q5_K a min, per 32
+ * elements). A task repacks its strip into this thread's buffer so that one register holds the same
+ * 4 elements of 16 rows: one vpdpbusd with a token's 4 activation bytes broadcast advances 16 rows,
+ * and the float work (conversion, scale product, FMA, min) is per 16 rows, not per row: ~0.7 vector
+ * ops per (row, token, 32 elements) where tile_z needs 2 (1536 x 1536 by 128 tokens, 2 threads:
+ * ~85 -> ~160 GMAC/s). Each (row, token) sum is exact per 32, then accumulated in block order, the
+ * same for every token of every batch that takes this path. */
+#define STRIP_SUB (8 * 64 + 128) /* bytes per 32 elements: 8 x (16 rows x 4 quants), 16 scales, 16 mins */
+
+static __thread uint8_t *SB; /* this thread's repacked strip */
 static __thread size_t SB_CAP;
-static __thread int32_t *SA;     /* per token and sub-block: the sum of the activation quants */
+static __thread int32_t *SA; /* per token and 32 elements: the sum of the activation quants */
 static __thread size_t SA_CAP;
-
-ALWAYS_INLINE int sub_size(const int type) {
-    return (type == FL_Q2_K || type == FL_Q3_K || type == FL_Q6_K) ? 16 : 32;
-}
-
-/* the types that gain: one scale (and min) per 32 elements. With a scale per 16 (Q2_K Q3_K Q6_K)
- * the float work per vpdpbusd doubles and tile_z is as fast. */
-ALWAYS_INLINE int strip_type(const int type) { return sub_size(type) == 32; }
 
 static void *grow(void *p, size_t *cap, size_t need) {
     if (need <= *cap) return p;
@@ -186,63 +180,54 @@ static void *grow(void *p, size_t *cap, size_t need) {
     return p;
 }
 
-/* strip layout per sub-block: S/4 vectors of 16 rows x 4 quants, then 16 scales, then 16 mins;
- * rows nr..15 (past the matrix) are zeros */
+/* rows nr..15 (past the matrix) are zeros */
 ALWAYS_INLINE void strip_pack(const int type, const uint8_t *w, size_t rb, int64_t nblk, uint8_t *out, int nr) {
-    const int S = sub_size(type), nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size;
-    const size_t sub_bytes = (size_t)(S / 4) * 64 + 128;
-    if (nr < 16) memset(out, 0, (size_t)nblk * nch * (32 / S) * sub_bytes);
+    const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size;
+    if (nr < 16) memset(out, 0, (size_t)nblk * nch * STRIP_SUB);
     for (int r = 0; r < nr; r++) {
         uint8_t *o = out;
         for (int64_t i = 0; i < nblk; i++) {
             const uint8_t *b = w + r * rb + i * bsz;
             float sc[16], mn[16];
             blk_scales(type, b, sc, mn);
-            for (int c = 0; c < nch; c++) {
+            for (int c = 0; c < nch; c++, o += STRIP_SUB) {
                 uint32_t u[8];
                 _mm256_storeu_si256((__m256i *)u, chunk_quants(type, b, c));
-                for (int h = 0; h < 32 / S; h++, o += sub_bytes) {
-                    for (int g = 0; g < S / 4; g++) memcpy(o + g * 64 + 4 * r, &u[h * (S / 4) + g], 4);
-                    float *f = (float *)(o + (S / 4) * 64);
-                    f[r] = sc[2 * c + h];
-                    f[16 + r] = mn[2 * c + h];
-                }
+                for (int g = 0; g < 8; g++) memcpy(o + g * 64 + 4 * r, &u[g], 4);
+                float *f = (float *)(o + 8 * 64);
+                f[r] = sc[2 * c];
+                f[16 + r] = mn[2 * c];
             }
         }
     }
 }
 
-/* 16 rows x C tokens over nsub sub-blocks of the packed strip */
-ALWAYS_INLINE void strip_tile(const int type, const int C, const uint8_t *sp, int64_t nsub, const fl_q8 *a,
-                              int64_t nb32, const int32_t *sa, float *y, int64_t ldy, __mmask16 rows) {
-    const int S = sub_size(type), G = S / 4, kq = int_offset(type), mins = kq == 0;
-    const size_t sub_bytes = (size_t)G * 64 + 128;
+/* 16 rows x C tokens over the nb32 blocks of the packed strip */
+ALWAYS_INLINE void strip_tile(const int type, const int C, const uint8_t *sp, const fl_q8 *a, int64_t nb32,
+                              const int32_t *sa, float *y, int64_t ldy, __mmask16 rows) {
+    const int kq = int_offset(type), mins = kq == 0;
+    const int J = C % 8 == 0 ? 8 : C % 4 ? 1 : 4; /* tokens whose 8-long vpdpbusd chains interleave */
     __m512 acc[16];
     for (int t = 0; t < C; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t s = 0; s < nsub; s++, sp += sub_bytes) {
+    for (int64_t s = 0; s < nb32; s++, sp += STRIP_SUB) {
         __m512i wq[8];
-        for (int g = 0; g < G; g++) wq[g] = _mm512_load_si512(sp + 64 * g);
-        const __m512 dw = _mm512_load_ps((const float *)(sp + 64 * G));
-        const __m512 mw = mins ? _mm512_load_ps((const float *)(sp + 64 * G + 64)) : _mm512_setzero_ps();
-        const int64_t rec = s * S / 32, off = (s * S) % 32;
-        /* tokens in groups of 4 (or 1), their vpdpbusd chains interleaved: a chain is 8 long */
-        const int J = C % 8 == 0 ? 8 : C % 4 ? 1 : 4;
+        for (int g = 0; g < 8; g++) wq[g] = _mm512_load_si512(sp + 64 * g);
+        const __m512 dw = _mm512_load_ps((const float *)(sp + 8 * 64));
+        const __m512 mw = mins ? _mm512_load_ps((const float *)(sp + 8 * 64 + 64)) : _mm512_setzero_ps();
         for (int t = 0; t < C; t += J) {
             __m512i p[8];
-            for (int j = 0; j < J; j++) p[j] = _mm512_set1_epi32(-kq * sa[(t + j) * (nb32 * 32 / S) + s]);
-            for (int g = 0; g < G; g++)
+            for (int j = 0; j < J; j++) p[j] = _mm512_set1_epi32(-kq * sa[(t + j) * nb32 + s]);
+            for (int g = 0; g < 8; g++)
                 for (int j = 0; j < J; j++) {
                     int32_t q4;
-                    memcpy(&q4, a[(t + j) * nb32 + rec].q + off + 4 * g, 4);
+                    memcpy(&q4, a[(t + j) * nb32 + s].q + 4 * g, 4);
                     p[j] = _mm512_dpbusd_epi32(p[j], wq[g], _mm512_set1_epi32(q4));
                 }
             for (int j = 0; j < J; j++) {
-                const fl_q8 *r = a + (t + j) * nb32 + rec;
+                const fl_q8 *r = a + (t + j) * nb32 + s;
                 acc[t + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), _mm512_mul_ps(dw, _mm512_set1_ps(r->d)), acc[t + j]);
-                if (mins) { /* the token's d * sum(q) per 32, as the record holds it (Q8_1: fp16-rounded) */
-                    const float fs = S == 32 ? r->s0 + r->s1 : (off ? r->s1 : r->s0);
-                    acc[t + j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(fs), acc[t + j]);
-                }
+                if (mins) /* times the token's d * sum(q), as its record holds it (Q8_1: fp16-rounded) */
+                    acc[t + j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(r->s0 + r->s1), acc[t + j]);
             }
         }
     }
@@ -250,30 +235,26 @@ ALWAYS_INLINE void strip_tile(const int type, const int C, const uint8_t *sp, in
 }
 
 /* rows [r0, r1) x T_ tokens through packed strips (the last one padded): every row's sums are the
- * same whichever strip, thread or rank it falls to. Returns r1, or r0 when out of memory. */
+ * same whichever strip, task, thread or rank it falls to. Returns r1, or r0 when out of memory. */
 ALWAYS_INLINE int64_t strip_rows(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a,
                                  int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
-    const int S = sub_size(type);
-    const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck, nsub = nb32 * 32 / S;
-    const size_t strip_bytes = (size_t)nsub * ((S / 4) * 64 + 128);
-    SB = grow(SB, &SB_CAP, strip_bytes);
-    SA = grow(SA, &SA_CAP, (size_t)T_ * nsub * sizeof(int32_t));
+    const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
+    SB = grow(SB, &SB_CAP, (size_t)nb32 * STRIP_SUB);
+    SA = grow(SA, &SA_CAP, (size_t)T_ * nb32 * sizeof(int32_t));
     if (!SB || !SA) return r0;
-    for (int64_t t = 0; t < T_; t++)
-        for (int64_t s = 0; s < nsub; s++) {
-            const int8_t *q = a[t * nb32 + s * S / 32].q + (s * S) % 32;
-            int32_t v = 0;
-            for (int k = 0; k < S; k++) v += q[k];
-            SA[t * nsub + s] = v;
-        }
+    for (int64_t t = 0; t < T_ * nb32; t++) {
+        int32_t v = 0;
+        for (int k = 0; k < 32; k++) v += a[t].q[k];
+        SA[t] = v;
+    }
     for (int64_t r = r0; r < r1; r += 16) {
         const int nr = r1 - r < 16 ? (int)(r1 - r) : 16;
         const __mmask16 m = (__mmask16)((1u << nr) - 1);
         strip_pack(type, w + r * rb, rb, nblk, SB, nr);
         int64_t t = 0;
-        for (; t + 8 <= T_; t += 8) strip_tile(type, 8, SB, nsub, a + t * nb32, nb32, SA + t * nsub, y + t * ldy + r, ldy, m);
-        for (; t + 4 <= T_; t += 4) strip_tile(type, 4, SB, nsub, a + t * nb32, nb32, SA + t * nsub, y + t * ldy + r, ldy, m);
-        for (; t < T_; t++) strip_tile(type, 1, SB, nsub, a + t * nb32, nb32, SA + t * nsub, y + t * ldy + r, ldy, m);
+        for (; t + 8 <= T_; t += 8) strip_tile(type, 8, SB, a + t * nb32, nb32, SA + t * nb32, y + t * ldy + r, ldy, m);
+        for (; t + 4 <= T_; t += 4) strip_tile(type, 4, SB, a + t * nb32, nb32, SA + t * nb32, y + t * ldy + r, ldy, m);
+        for (; t < T_; t++) strip_tile(type, 1, SB, a + t * nb32, nb32, SA + t * nb32, y + t * ldy + r, ldy, m);
     }
     return r1;
 }

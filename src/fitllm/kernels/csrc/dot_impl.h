@@ -219,7 +219,7 @@ ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t
 #if FL_VNNI
     /* tile_z takes blocks in pairs; Q4_1/Q5_1 (float mins per 32) are faster in tile_q */
     (void)batch;
-    if (batch >= FL_STRIP_MIN_T && strip_type(type)) {
+    if (batch >= FL_STRIP_MIN_T && FL_STRIP_TYPE(type)) {
         r0 = strip_rows(type, w, rb, nb32, a, T_, r0, r1, y, ldy);
         if (r0 >= r1) return;
     }

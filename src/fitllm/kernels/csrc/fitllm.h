@@ -76,6 +76,10 @@ const void *fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 /* AVX-512 VNNI: matrix products of at least this many tokens (`batch`, the whole product's) run
  * on repacked 16-row strips, which sum in another order than the smaller ones' tiles */
 #define FL_STRIP_MIN_T 8
+/* the types that take them: one scale (and min) per 32 elements. With a scale per 16 (Q2_K Q3_K
+ * Q6_K) the float work per vpdpbusd doubles and the 2-row tiles are as fast. */
+#define FL_STRIP_TYPE(t) \
+    ((t) == FL_Q4_0 || (t) == FL_Q4_1 || (t) == FL_Q5_0 || (t) == FL_Q5_1 || (t) == FL_Q8_0 || (t) == FL_Q4_K || (t) == FL_Q5_K)
 int fl_batch_min_tokens(void);
 
 /* Per-ISA row kernels: y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1). */
