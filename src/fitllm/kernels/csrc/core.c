@@ -64,7 +64,7 @@ int fl_get_rows(int type, const void *w, size_t w_bytes, int64_t nrows, int64_t 
 }
 
 typedef void (*mm_q_fn)(int, const uint8_t *, size_t, int64_t, const fl_q8 *, const void *, int64_t, int64_t, int64_t, float *,
-                        int64_t, int64_t);
+                        int64_t, int);
 typedef void (*mm_f_fn)(int, const uint8_t *, size_t, int64_t, const float *, int64_t, int64_t, int64_t, float *,
                         int64_t);
 static const mm_q_fn MM_Q[] = {fl_mm_q_portable, fl_mm_q_avx2, fl_mm_q_vnni};
@@ -92,17 +92,22 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
     const int isa = fl_get_isa(), kind = fl_act_kind(type);
     const size_t rb = fl_row_bytes(type, ncols), ab = fl_act_row_bytes(kind, ncols);
     const int64_t nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    /* strips are repacked once per task: give them more tokens to share it */
-    const int64_t tpt = isa == FL_ISA_AVX512VNNI && T >= FL_STRIP_MIN_T && FL_STRIP_TYPE(type) ? 128 : TOKENS_PER_TASK;
+    /* AVX-512 batches of FL_STRIP_MIN_T+ tokens on strips (pk: the tokens' sums), which are repacked
+     * once per task: give them more tokens to share it; else the tiles (pk: packed activations) */
+    const int strip = isa == FL_ISA_AVX512VNNI && T >= FL_STRIP_MIN_T && FL_STRIP_TYPE(type);
+    const int64_t tpt = strip ? 128 : TOKENS_PER_TASK;
     const int64_t ntask = nrt * ((T + tpt - 1) / tpt);
-    const uint8_t *pk = isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? fl_pack_vnni(act, ncols / 32, T) : NULL;
+    const uint8_t *pk = strip ? fl_strip_sums(act, ncols / 32, T)
+                        : isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? fl_pack_vnni(act, ncols / 32, T)
+                                                                          : NULL;
+    const size_t pk_token = strip ? (size_t)(ncols / 32) * sizeof(int32_t) : (size_t)(ncols / 64) * FL_ZPACK_BYTES;
     for (int64_t k = ith; k < ntask; k += nth) {
         const int64_t r0 = (k % nrt) * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < nrows ? r0 + ROWS_PER_TASK : nrows;
         const int64_t t0 = (k / nrt) * tpt, nt = T - t0 < tpt ? T - t0 : tpt;
         const uint8_t *a = (const uint8_t *)act + t0 * ab;
         if (kind >= FL_ACT_Q8_0)
-            MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, pk ? pk + t0 * (ncols / 64) * FL_ZPACK_BYTES : NULL,
-                      nt, r0, r1, y + t0 * ldy, ldy, T);
+            MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, pk ? pk + t0 * pk_token : NULL, nt, r0, r1,
+                      y + t0 * ldy, ldy, strip && pk);
         else
             MM_F[isa](type, w, rb, ncols, (const float *)a, nt, r0, r1, y + t0 * ldy, ldy);
         if (bias)

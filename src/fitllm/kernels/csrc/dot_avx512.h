@@ -163,7 +163,7 @@ ALWAYS_INLINE void zrows(const int type, const int R, const int C, const uint8_t
  * 4 elements of 16 rows: one vpdpbusd with a token's 4 activation bytes broadcast advances 16 rows,
  * and the float work (conversion, scale product, FMA, min) is per 16 rows, not per row: ~0.7 vector
  * ops per (row, token, 32 elements) where tile_z needs 2 (1536 x 1536 by 128 tokens, 2 threads:
- * ~85 -> ~160 GMAC/s). Each (row, token) sum is exact per 32, then accumulated in block order, the
+ * ~85 -> ~330 GMAC/s). Each (row, token) sum is exact per 32, then accumulated in block order, the
  * same for every token of every batch that takes this path. */
 #define STRIP_SUB (8 * 64 + 128) /* bytes per 32 elements: 8 x (16 rows x 4 quants), 16 scales, 16 mins */
 
@@ -234,27 +234,33 @@ ALWAYS_INLINE void strip_tile(const int type, const int C, const uint8_t *sp, co
     for (int t = 0; t < C; t++) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
 }
 
-/* rows [r0, r1) x T_ tokens through packed strips (the last one padded): every row's sums are the
- * same whichever strip, task, thread or rank it falls to. Returns r1, or r0 when out of memory. */
-ALWAYS_INLINE int64_t strip_rows(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a,
-                                 int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
-    const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
-    SB = grow(SB, &SB_CAP, (size_t)nb32 * STRIP_SUB);
-    SA = grow(SA, &SA_CAP, (size_t)T_ * nb32 * sizeof(int32_t));
-    if (!SB || !SA) return r0;
-    for (int64_t t = 0; t < T_ * nb32; t++) {
+const void *fl_strip_sums(const fl_q8 *a, int64_t nb32, int64_t T) {
+    SA = grow(SA, &SA_CAP, (size_t)T * nb32 * sizeof(int32_t));
+    if (!SA) return NULL;
+    for (int64_t t = 0; t < T * nb32; t++) {
         int32_t v = 0;
         for (int k = 0; k < 32; k++) v += a[t].q[k];
         SA[t] = v;
     }
+    return SA;
+}
+
+/* rows [r0, r1) x T_ tokens through packed strips (the last one padded), sa: the tokens' sums
+ * (fl_strip_sums): every row's sums are the same whichever strip, task, thread or rank it falls
+ * to. Returns r1, or r0 when out of memory. */
+ALWAYS_INLINE int64_t strip_rows(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a,
+                                 const int32_t *sa, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+    const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
+    SB = grow(SB, &SB_CAP, (size_t)nb32 * STRIP_SUB);
+    if (!SB) return r0;
     for (int64_t r = r0; r < r1; r += 16) {
         const int nr = r1 - r < 16 ? (int)(r1 - r) : 16;
         const __mmask16 m = (__mmask16)((1u << nr) - 1);
         strip_pack(type, w + r * rb, rb, nblk, SB, nr);
         int64_t t = 0;
-        for (; t + 8 <= T_; t += 8) strip_tile(type, 8, SB, a + t * nb32, nb32, SA + t * nb32, y + t * ldy + r, ldy, m);
-        for (; t + 4 <= T_; t += 4) strip_tile(type, 4, SB, a + t * nb32, nb32, SA + t * nb32, y + t * ldy + r, ldy, m);
-        for (; t < T_; t++) strip_tile(type, 1, SB, a + t * nb32, nb32, SA + t * nb32, y + t * ldy + r, ldy, m);
+        for (; t + 8 <= T_; t += 8) strip_tile(type, 8, SB, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
+        for (; t + 4 <= T_; t += 4) strip_tile(type, 4, SB, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
+        for (; t < T_; t++) strip_tile(type, 1, SB, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
     }
     return r1;
 }

@@ -202,8 +202,8 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
 #include "dot_avx512.h"
 #endif
 
-/* rows [r0, r1) x T_ tokens (of a product of `batch` tokens) in tiles. AVX-512: products of
- * FL_STRIP_MIN_T tokens or more on 16-row strips (dot_avx512.h) for the types with a scale per 32,
+/* rows [r0, r1) x T_ tokens in tiles. AVX-512: with `strip` (products of FL_STRIP_MIN_T tokens
+ * or more, pk their sums) on 16-row strips (dot_avx512.h) for the types with a scale per 32,
  * else 2 x 16, 8 or 4 (the 2 x C accumulators fill the registers), 4 x 1 for the rest; other ISAs
  * RT x CT, then 4 x 1. Every (row, token) dot product is summed in the same order whatever tile,
  * task or thread it falls to, so a token's result depends on its batch only through the batch's
@@ -213,15 +213,15 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
 #define CT (FL_VNNI ? 4 : 2)
 ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a,
                             const void *pk, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy,
-                            int64_t batch) {
+                            int strip) {
     const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
     int64_t t = 0, r;
 #if FL_VNNI
     /* tile_z takes blocks in pairs; Q4_1/Q5_1 (float mins per 32) are faster in tile_q */
-    (void)batch;
-    if (batch >= FL_STRIP_MIN_T && FL_STRIP_TYPE(type)) {
-        r0 = strip_rows(type, w, rb, nb32, a, T_, r0, r1, y, ldy);
+    if (strip) {
+        r0 = strip_rows(type, w, rb, nb32, a, (const int32_t *)pk, T_, r0, r1, y, ldy);
         if (r0 >= r1) return;
+        pk = NULL; /* out of memory: the rest on tile_q */
     }
     if ((FL_TYPES[type].blck > 32 || nblk % 2 == 0) && type != FL_Q4_1 && type != FL_Q5_1 && pk) {
         const zpack *z = (const zpack *)pk; /* nb32 / 2 per token */
@@ -344,7 +344,7 @@ ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, 
 
 /* one case per type so that dot_row_q is specialised with the type as a constant */
 #if FL_SIMD
-#define FL_MM_CASE(T) case T: mm_tiles(T, w, row_bytes, nb32, a, pk, T_, r0, r1, y, ldy, batch); break;
+#define FL_MM_CASE(T) case T: mm_tiles(T, w, row_bytes, nb32, a, pk, T_, r0, r1, y, ldy, strip); break;
 #else
 #define FL_MM_CASE(T)                                                              \
     case T:                                                                        \
@@ -356,11 +356,11 @@ ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, 
 
 void FL_PASTE(fl_mm_q_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a,
                                    const void *pk, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy,
-                                   int64_t batch) {
+                                   int strip) {
     const int64_t nblk = nb32 * 32 / FL_TYPES[type].blck;
     (void)nblk;
     (void)pk;
-    (void)batch;
+    (void)strip;
     switch (type) {
         FL_MM_CASE(FL_Q4_0) FL_MM_CASE(FL_Q4_1) FL_MM_CASE(FL_Q5_0) FL_MM_CASE(FL_Q5_1)
         FL_MM_CASE(FL_Q8_0) FL_MM_CASE(FL_Q2_K) FL_MM_CASE(FL_Q3_K) FL_MM_CASE(FL_Q4_K)

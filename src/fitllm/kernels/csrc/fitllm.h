@@ -76,6 +76,8 @@ const void *fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 /* AVX-512 VNNI: matrix products of at least this many tokens (`batch`, the whole product's) run
  * on repacked 16-row strips, which sum in another order than the smaller ones' tiles */
 #define FL_STRIP_MIN_T 8
+/* AVX-512: this thread's per-32 sums of a matmul's activation quants (the strips' offsets), once per matmul */
+const void *fl_strip_sums(const fl_q8 *a, int64_t nb32, int64_t T);
 /* the types that take them: one scale (and min) per 32 elements. With a scale per 16 (Q2_K Q3_K
  * Q6_K) the float work per vpdpbusd doubles and the 2-row tiles are as fast. */
 #define FL_STRIP_TYPE(t) \
@@ -86,7 +88,7 @@ int fl_batch_min_tokens(void);
 #define FL_DECLARE_ISA(sfx)                                                                       \
     void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a,  \
                        const void *pk, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy,  \
-                       int64_t batch);                                                          \
+                       int strip);                                                              \
     void fl_mm_f_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t ncols,               \
                        const float *x, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
     float fl_dot_f16_##sfx(const uint16_t *a, const uint16_t *b, int64_t n);                    \
