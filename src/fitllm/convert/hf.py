@@ -77,6 +77,14 @@ def head_dim(cfg: dict) -> int:
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 
 
+def n_kv_heads(cfg: dict) -> int:
+    return cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+
+
+def n_experts(cfg: dict) -> int:
+    return cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+
+
 def _swa_period(cfg: dict) -> int:
     """Gemma3's sliding-window period: every p-th layer attends globally (llama.cpp assumes 6)."""
     types = cfg.get("layer_types")
@@ -155,6 +163,7 @@ def plan_tensors(tensors: dict[str, HFTensor], arch: str, cfg: dict) -> list[Out
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layer)
     renames = GGUF_RENAMES.get(arch, {})
     tied = cfg.get("tie_word_embeddings", arch in ("gemma3", "grok"))
+    heads = {"attn_q": cfg["num_attention_heads"], "attn_k": n_kv_heads(cfg)}  # llama's permuted rows
     out: dict[str, OutTensor] = {}
     experts: dict[str, dict[int, HFTensor]] = {}
     unknown = []
@@ -175,15 +184,14 @@ def plan_tensors(tensors: dict[str, HFTensor], arch: str, cfg: dict) -> list[Out
             out.setdefault(gname, OutTensor(gname, []))
             continue
         o = out[gname] = OutTensor(gname, [t], add_one=arch == "gemma3" and gname.endswith("norm.weight"))
-        heads = {"attn_q": cfg["num_attention_heads"], "attn_k": cfg.get("num_key_value_heads")}
         kind = gname.split(".")[-2]
         if arch == "llama" and kind in heads:
-            o.rows = _qk_rows(t.shape[0], heads[kind] or cfg["num_attention_heads"])
+            o.rows = _qk_rows(t.shape[0], heads[kind])
     if unknown:
         raise CheckpointError(f"{len(unknown)} tensors have no GGUF name, e.g. {unknown[:3]}")
     for gname, parts in experts.items():
-        n = cfg.get("num_local_experts") or cfg.get("num_experts")
-        if sorted(parts) != list(range(n or -1)) or len({p.shape for p in parts.values()}) != 1:
+        n = n_experts(cfg)
+        if sorted(parts) != list(range(n)) or len({p.shape for p in parts.values()}) != 1:
             raise CheckpointError(f"{gname}: experts {sorted(parts)} of {n}, shapes differ or some missing")
         out[gname].sources = [parts[e] for e in range(n)]
     if not tied and "output.weight" not in out:
@@ -212,9 +220,8 @@ def convert_hf(
     arch = gguf_arch(cfg)
     ckpt = HFCheckpoint(folder)
     plan = plan_tensors(ckpt.tensors, arch, cfg)
-    n_gqa = cfg["num_attention_heads"] // (cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
-    n_exp = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
-    recipe = Recipe(out_type, [o.name for o in plan], cfg["num_hidden_layers"], n_exp, n_gqa)
+    n_gqa = cfg["num_attention_heads"] // n_kv_heads(cfg)
+    recipe = Recipe(out_type, [o.name for o in plan], cfg["num_hidden_layers"], n_experts(cfg), n_gqa)
     types = {o.name: recipe.type_of(o.name, o.shape) or Q.F32 for o in plan}
     vocab, add_bos, add_eos = hf_vocab(folder, cfg)
     vocab.pad_to(cfg["vocab_size"])

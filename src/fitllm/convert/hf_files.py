@@ -43,15 +43,13 @@ class HFTensor:
 
 def _safetensors(path: Path, raw: np.ndarray) -> dict[str, HFTensor]:
     size = raw.size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        if n < 2 or 8 + n > size:
-            raise CheckpointError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    n = int(raw[:8].view("<u8")[0]) if size >= 8 else -1
+    if n < 2 or 8 + n > size:
+        raise CheckpointError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
+    try:
+        header = json.loads(raw[8 : 8 + n].tobytes())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -116,7 +114,7 @@ def _torch_bin(path: Path, raw: np.ndarray) -> dict[str, HFTensor]:
         info = z.getinfo(f"{prefix}data/{key}")
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"{path}: storage {key} is compressed")
-        start = _member_offset(path, info)
+        start = _member_offset(path, raw, info)
         flat = raw[start : start + info.file_size]
         item = np.dtype(DTYPES[dt]).itemsize
         return dt, flat[: len(flat) // item * item].view(DTYPES[dt])
@@ -128,14 +126,12 @@ def _torch_bin(path: Path, raw: np.ndarray) -> dict[str, HFTensor]:
     return dict(obj)
 
 
-def _member_offset(path: Path, info: zipfile.ZipInfo) -> int:
+def _member_offset(path: Path, raw: np.ndarray, info: zipfile.ZipInfo) -> int:
     """Where a stored member's bytes start: after its local header (name and extra field)."""
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        h = f.read(30)
-        if h[:4] != b"PK\x03\x04":
-            raise CheckpointError(f"{path}: bad zip member header for {info.filename}")
-        name_len, extra_len = struct.unpack("<HH", h[26:30])
+    h = raw[info.header_offset : info.header_offset + 30].tobytes()
+    if h[:4] != b"PK\x03\x04":
+        raise CheckpointError(f"{path}: bad zip member header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", h[26:30])
     return info.header_offset + 30 + name_len + extra_len
 
 
@@ -159,10 +155,10 @@ class HFCheckpoint:
         self.tensors: dict[str, HFTensor] = {}
         self._maps: list[mmap.mmap] = []
         for p in weight_files(folder):
-            with open(p, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if p.stat().st_size else None
-            if mm is None:
+            if p.stat().st_size == 0:
                 raise CheckpointError(f"{p}: empty file")
+            with open(p, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._maps.append(mm)
             raw = np.frombuffer(mm, np.uint8)
             self.tensors.update(_safetensors(p, raw) if p.suffix == ".safetensors" else _torch_bin(p, raw))

@@ -73,11 +73,11 @@ def _pre_name(pre: dict | None) -> str:
     return name
 
 
-def tokenizer_json_vocab(path: Path) -> Vocab:
-    t = json.loads(path.read_text(encoding="utf-8"))
+def tokenizer_json_vocab(t: dict) -> Vocab:
+    """The vocabulary of a parsed tokenizer.json."""
     m = t["model"]
     if m.get("type") != "BPE":
-        raise CheckpointError(f"{path}: a {m.get('type')} tokenizer is not supported (BPE only)")
+        raise CheckpointError(f"tokenizer.json: a {m.get('type')} tokenizer is not supported (BPE only)")
     added = {a["id"]: a for a in t.get("added_tokens", [])}
     n = max([*m["vocab"].values(), *added, -1]) + 1
     tokens, types = [f"[PAD{i}]" for i in range(n)], [UNUSED] * n
@@ -115,26 +115,25 @@ def _token_id(vocab: Vocab, value) -> int | None:
         return None
 
 
-def _adds(folder: Path, cfg: dict) -> tuple[bool | None, bool | None]:
-    """add_bos / add_eos: tokenizer_config.json's flags, else the post-processor's template."""
-    tc = cfg.get("_tokenizer_config", {})
+def _adds(tc: dict, tj: dict | None) -> tuple[bool | None, bool | None]:
+    """add_bos / add_eos: tokenizer_config.json's flags, else tokenizer.json's post-processor template."""
     bos, eos = tc.get("add_bos_token"), tc.get("add_eos_token")
-    tj = folder / "tokenizer.json"
-    if (bos is None or eos is None) and tj.is_file():
-        single = (json.loads(tj.read_text(encoding="utf-8")).get("post_processor") or {}).get("single")
-        if single:
-            bos = "SpecialToken" in single[0] if bos is None else bos
-            eos = "SpecialToken" in single[-1] if eos is None else eos
+    single = ((tj or {}).get("post_processor") or {}).get("single")
+    if single:
+        bos = "SpecialToken" in single[0] if bos is None else bos
+        eos = "SpecialToken" in single[-1] if eos is None else eos
     return bos, eos
 
 
 def hf_vocab(folder: Path, cfg: dict) -> tuple[Vocab, bool | None, bool | None]:
     """The checkpoint's tokenizer (tokenizer.model preferred, as llama.cpp does) with its special
     ids: tokenizer_config.json's token strings first, then config.json's ids."""
+    tjp = folder / "tokenizer.json"
+    tj = json.loads(tjp.read_text(encoding="utf-8")) if tjp.is_file() else None  # read once: it can be 30 MB
     if (folder / "tokenizer.model").is_file():
         v = sentencepiece_vocab(folder / "tokenizer.model")
-    elif (folder / "tokenizer.json").is_file():
-        v = tokenizer_json_vocab(folder / "tokenizer.json")
+    elif tj is not None:
+        v = tokenizer_json_vocab(tj)
     else:
         raise CheckpointError(f"{folder}: no tokenizer.model or tokenizer.json")
     tc = cfg.get("_tokenizer_config", {})
@@ -144,7 +143,7 @@ def hf_vocab(folder: Path, cfg: dict) -> tuple[Vocab, bool | None, bool | None]:
         j = j[0] if isinstance(j, list) and j else j
         if i is not None or isinstance(j, int):
             v.special[k] = i if i is not None else j
-    return v, *_adds(folder, cfg)
+    return v, *_adds(tc, tj)
 
 
 def chat_template(folder: Path, cfg: dict) -> str | None:
