@@ -1,6 +1,7 @@
 """Expert streaming: a MoE run under a memory budget smaller than it gives the same tokens and
 logits as with everything in memory, and keeps to the budget."""
 
+import gc
 import os
 import subprocess
 import sys
@@ -13,10 +14,12 @@ from fitllm.api import Llama
 from fitllm.expert_cache import ExpertCache
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
-from fitllm.plan import OVERHEAD, kv_bytes, shape_of_gguf
+from fitllm.models.base import HParams
+from fitllm.plan import kv_bytes, resident_bytes, shape_of_gguf, work_bytes
 from tiny_models import upcycle
 
 PROMPT = b"The capital of France is Paris. The capital of Germany is"
+FRESH = 100 << 20  # a new process's memory when it has loaded fitllm and a small model
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +38,14 @@ def uncapped(moe):
     return toks, text, llm.scores[: len(toks)].copy()
 
 
-def budget_for(path: str, share: float) -> int:
-    """share of the experts' bytes left for the cache, with the rest of the model, KV and overhead."""
+def budget_for(path: str, share: float, resident: int | None = None) -> int:
+    """A budget that leaves share of the experts' bytes for the cache after the dense part, the KV
+    cache, the work buffers and the process itself (resident: its memory; default this one's now)."""
     shape = shape_of_gguf(path)
-    experts = sum(b for n, (_, b) in shape.tensors.items() if "_exps" in n)
-    return int(
-        shape.weight_bytes - experts + share * experts + kv_bytes(shape, 128, shape.n_layer) + OVERHEAD
-    )
+    other = kv_bytes(shape, 128, shape.n_layer) + work_bytes(HParams.from_gguf(GGUFFile(path)), 128)
+    gc.collect()  # the caches of earlier tests: freed now, not inside the constructor
+    resident = resident_bytes() if resident is None else resident
+    return int(shape.weight_bytes - shape.expert_bytes + share * shape.expert_bytes + other + resident)
 
 
 @pytest.mark.parametrize("policy", ["lru", "lfu"])
@@ -79,12 +83,13 @@ def test_prefetch_off_and_on_agree(moe, uncapped):
 
 
 def test_a_budget_below_one_expert_is_refused(moe):
-    shape = shape_of_gguf(moe)
-    experts = sum(b for n, (_, b) in shape.tensors.items() if "_exps" in n)
+    m = load_model(GGUFFile(moe))
+    one = 3 * m.blk[0].ffn_gate_exps.expert_bytes
     with pytest.raises(MemoryError, match="does not fit"):
-        Llama(moe, n_ctx=128, verbose=False, memory_budget=budget_for(moe, 0) + 1000)
+        ExpertCache(m, one - 1)
+    shape = shape_of_gguf(moe)
     with pytest.raises(MemoryError, match="needs"):  # not even the dense part fits
-        Llama(moe, n_ctx=128, verbose=False, memory_budget=shape.weight_bytes - experts)
+        Llama(moe, n_ctx=128, verbose=False, memory_budget=shape.weight_bytes - shape.expert_bytes)
 
 
 def rss_anon_and_file(path: str) -> tuple[int, int]:
@@ -101,30 +106,29 @@ def rss_anon_and_file(path: str) -> tuple[int, int]:
 
 
 def test_memory_stays_within_the_budget(moe, tmp_path):
-    # in a fresh process: the model file's resident pages plus the memory grown while generating
-    # (cache slots, buffers) stay under the budget; the experts are never touched through the mmap
-    budget = budget_for(moe, 0.3)
+    # in a fresh process: its peak resident memory, everything counted, stays under the budget, and
+    # of the model file only the dense part is resident: experts are never touched through the mmap
+    budget = budget_for(moe, 0.3, resident=FRESH)
     code = f"""
 import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_expert_cache import rss_anon_and_file
 from fitllm.api import Llama
-a0, _ = rss_anon_and_file({moe!r})
 llm = Llama({moe!r}, n_ctx=128, verbose=False, memory_budget={budget})
 llm.create_completion(llm.tokenize(b"Once upon a time"), max_tokens=24, temperature=0)
-a1, f1 = rss_anon_and_file({moe!r})
-print(a1 - a0, f1, llm._model.n_slots * llm._model.slot_bytes)
+peak = next(int(x.split()[1]) << 10 for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+print(peak, rss_anon_and_file({moe!r})[1], llm._model.n_slots * llm._model.slot_bytes)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    grown, mapped, slots = map(int, out.stdout.split())
+    peak, mapped, slots = map(int, out.stdout.split())
     shape = shape_of_gguf(moe)
-    experts = sum(b for n, (_, b) in shape.tensors.items() if "_exps" in n)
+    dense = shape.weight_bytes - shape.expert_bytes
     # the dense part only, and its edges: the header (metadata) and up to 64 KiB per tensor that
     # the kernel maps around a fault (fault-around), from the experts beside it
     f = GGUFFile(moe)
-    assert mapped <= shape.weight_bytes - experts + f.data_offset + (64 << 10) * len(f.tensors)
-    assert grown + mapped <= budget
-    assert slots <= budget - (shape.weight_bytes - experts)
+    assert mapped <= dense + f.data_offset + (64 << 10) * len(f.tensors)
+    assert peak <= budget
+    assert 0.2 * shape.expert_bytes <= slots <= budget - dense
 
 
 @pytest.mark.skipif(
@@ -132,7 +136,7 @@ print(a1 - a0, f1, llm._model.n_slots * llm._model.slot_bytes)
 )
 def test_runs_under_a_memory_cgroup(moe, uncapped, tmp_path):
     # the kernel enforces the cap (page cache included): no OOM kill, the same text
-    cap = budget_for(moe, 0.3) + (150 << 20)  # the interpreter and libraries on top
+    cap = budget_for(moe, 0.3, resident=FRESH)  # the interpreter and libraries included
     rel = next(x.split(":", 2)[2] for x in open("/proc/self/cgroup").read().splitlines() if ":memory:" in x)
     cg = f"/sys/fs/cgroup/memory{rel.rstrip('/')}/fitllm-test-{os.getpid()}"
     try:

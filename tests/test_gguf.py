@@ -103,3 +103,18 @@ def test_cli_error_is_one_line(tmp_path, tiny, cut):
         r = subprocess.run([sys.executable, "-m", "fitllm", *args], capture_output=True, text=True)
         assert r.returncode == 1
         assert r.stderr.startswith("fitllm: error:") and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("odd", [[], ["a\0b"], [b"\xe2\x82", b"\xff"]])
+def test_string_arrays_read_as_gguf_py_reads_them(tmp_path, odd):
+    # strings decode in one pass unless one holds a NUL: both ways against gguf-py's own reader
+    from gguf import GGUFReader
+
+    items = ["", "hello", "▁the", "<|im_end|>", "", "日本", *odd, "last"]
+    w = GGUFWriter(str(tmp_path / "s.gguf"), "llama")
+    w.add_array("test.strings", items)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    ref = GGUFReader(str(tmp_path / "s.gguf")).fields["test.strings"]
+    want = [bytes(ref.parts[i]).decode("utf-8", "surrogateescape") for i in ref.data]
+    f = GGUFFile(str(tmp_path / "s.gguf"))
+    assert f.get("test.strings") == want and len(want) == len(items)

@@ -59,19 +59,20 @@ class Llama:
         self._n_ctx = n_ctx if n_ctx > 0 else self._file.get(f"{self._file.architecture}.context_length")
         from fitllm.distributed import under_mpirun
 
-        if under_mpirun():
+        split = under_mpirun()
+        if split:
             self._model = self._load_split(split_mode, tensor_split, mmap_stream)
         else:
             self._model = load_model(self._file)
-            if not mmap_stream:
-                self._model = self._fit(memory_budget, expert_cache, prefetch_experts)
         self._tok = GGUFTokenizer(self._file)
         self.n_batch = max(1, min(n_batch, self._n_ctx))
+        self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
+        if not split and not mmap_stream:  # after what it holds besides the weights
+            self._model = self._fit(memory_budget, expert_cache, prefetch_experts)
         self._kv = self._model.new_cache(self._n_ctx)
         self.logits_all = logits_all
         self._rng = np.random.default_rng(None if seed == LLAMA_DEFAULT_SEED else seed)
         self.input_ids: list[int] = []
-        self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         self._last_logits: np.ndarray | None = None
         self._chat_template = None
         if verbose:
@@ -82,17 +83,27 @@ class Llama:
     def _fit(self, budget: int | str | None, policy: str, prefetch: bool):
         """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""
         from fitllm.expert_cache import ExpertCache
-        from fitllm.plan import OVERHEAD, check_fits, kv_bytes, machine_memory, parse_size, shape_of_gguf
+        from fitllm.plan import (
+            check_fits,
+            kv_bytes,
+            machine_memory,
+            parse_size,
+            resident_bytes,
+            shape_of_gguf,
+            work_bytes,
+        )
 
-        shape = shape_of_gguf(self._file)
+        shape, hp = shape_of_gguf(self._file), self._model.hp
         budget = parse_size(budget) if isinstance(budget, str) else budget or machine_memory()
-        kv = kv_bytes(shape, self._n_ctx, shape.n_layer)
-        experts = sum(b for n, (_, b) in shape.tensors.items() if "_exps" in n)
-        if shape.weight_bytes + kv + OVERHEAD <= budget:
+        # besides the weights: the KV cache, what the process holds now, and its work buffers
+        other = kv_bytes(shape, self._n_ctx, shape.n_layer) + resident_bytes() + work_bytes(hp, self.n_batch)
+        left = budget - other - (shape.weight_bytes - shape.expert_bytes)
+        if shape.weight_bytes + other <= budget:
             return self._model
-        left = budget - (shape.weight_bytes - experts) - kv - OVERHEAD
-        if not experts or left <= 0:
+        if not shape.expert_bytes or left <= 0:
             check_fits(shape, self._n_ctx, budget)  # raises, with the numbers
+            if not shape.expert_bytes:
+                return self._model  # within the planning overhead
         log.info("%s does not fit %.2f GiB: streaming its experts", self.model_path, budget / 2**30)
         return ExpertCache(self._model, left, policy, prefetch)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import threading
 import time
@@ -43,9 +44,11 @@ class Reads:
 
     def __init__(self, futures: list[Future]) -> None:
         self.futures = futures
+        self.finished = False
 
     def done(self) -> bool:
-        return all(f.done() for f in self.futures)
+        self.finished = self.finished or all(f.done() for f in self.futures)
+        return self.finished
 
     def result(self) -> None:
         for f in self.futures:
@@ -112,6 +115,10 @@ class ExpertCache:
 
     def _attach(self) -> None:
         m = self.model
+        # no readahead around a fault in the mapping: it would read the experts beside the dense
+        # tensors into the page cache (8 MiB at a time here); the dense part is read once, up front
+        m.file.advise(mmap.MADV_RANDOM)
+        m.file.advise(mmap.MADV_WILLNEED, [t for n, t in m.file.tensors.items() if "_exps" not in n])
         m._specs = [m.spec(i, blk) for i, blk in enumerate(m.blk)]
         for i in self.layers:
             m._specs[i].fetch = ctypes.cast(self._cb, ctypes.c_void_p).value
@@ -167,7 +174,7 @@ class ExpertCache:
         if len(self.slots) < self.n_slots:
             self.slots.append(np.empty(self.slot_bytes, np.uint8))
             return len(self.slots) - 1
-        idle = [k for k, f in self.ready.items() if k not in self.pinned and f.done()]
+        idle = [k for k, f in self.ready.items() if k not in self.pinned and (f.finished or f.done())]
         for pool in ([k for k in idle if k not in self.wanted], idle if need else []):
             if pool:
                 old = min(pool, key=self._score)

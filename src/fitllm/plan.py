@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from gguf import GGMLQuantizationType as Q
 
 OVERHEAD = 600 << 20  # interpreter, libraries, work buffers: bytes per host
+WORK_MARGIN = 32 << 20  # thread stacks, allocator slack, page tables: what a running process cannot count
 _PREFIX = "KMGT"
 
 
@@ -355,6 +356,22 @@ def machine_memory() -> int:
     if os.environ.get("FITLLM_MEMORY"):
         return parse_size(os.environ["FITLLM_MEMORY"])
     return min([os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), *_cgroup_limits()])
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (interpreter, libraries, what it has loaded so far);
+    the planning constant where /proc cannot say."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) << 10 for x in f if x.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return OVERHEAD
+
+
+def work_bytes(hp, n_batch: int) -> int:
+    """A running model's memory besides weights and KV cache: one batch's float32 activations
+    (hp: the model's HParams) and a margin."""
+    return 4 * n_batch * (4 * hp.n_embd + 3 * hp.n_ff + hp.n_vocab) + WORK_MARGIN
 
 
 def check_fits(m: ModelShape, n_ctx: int, memory: int | None = None) -> None:

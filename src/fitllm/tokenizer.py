@@ -166,7 +166,9 @@ class GGUFTokenizer:
         self.eog_ids = frozenset(eog_by_text) | {i for i in (self.eos_id, self.eot_id) if i is not None}
         self._encode_text = self._cached(f)
         specials = [
-            i for i in range(n) if self.types[i] in (CONTROL, USER_DEFINED, UNKNOWN) and self.tokens[i]
+            i
+            for i in np.flatnonzero(np.isin(self.types, (CONTROL, USER_DEFINED, UNKNOWN))).tolist()
+            if self.tokens[i]
         ]
         self._special_ids = {self.tokens[i]: i for i in specials}
         self._split_user = self._splitter([i for i in specials if self.types[i] == USER_DEFINED])

@@ -6,6 +6,7 @@ Every way a file can be bad ends in one GGUFError with a one-line message.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -75,9 +76,12 @@ class _CheckedReader(GGUFReader):
             if found is None:
                 raise GGUFError("a metadata string runs past the end of the file: truncated or corrupt")
             starts, lens, end = found
-            buf = memoryview(plain)  # decoded right away: a memoryview per string would cost ~180 B each
-            parts = [str(buf[a : a + b], "utf-8", "surrogateescape") for a, b in zip(starts, lens)]
-            return end - orig_offs, parts, list(range(n)), [GGUFValueType.ARRAY, itype]
+            return (
+                end - orig_offs,
+                _decode_strings(plain, starts, lens),
+                list(range(n)),
+                [GGUFValueType.ARRAY, itype],
+            )
         nptype = self.gguf_scalar_to_np.get(itype)
         if nptype is None:  # nested arrays: gguf-py's general path
             return super()._get_field_parts(orig_offs, raw_type)
@@ -106,6 +110,21 @@ class _CheckedReader(GGUFReader):
                     " the file is truncated or corrupt"
                 )
         super()._build_tensors(start_offs, fields)
+
+
+def _decode_strings(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> list[str]:
+    """The strings of a GGUF string array, decoded in one pass: their 8-byte length prefixes made
+    NULs, one decode, one split (~6x faster than a str per slice); one by one if a string has a NUL.
+    (A NUL never belongs to a multi-byte sequence, so each string decodes as it would alone.)"""
+    if len(starts) == 0:
+        return []
+    base, n = int(starts[0]) - 8, len(starts)
+    region = buf[base : int(starts[-1] + lens[-1])].copy()
+    region[(starts - 8 - base)[:, None] + np.arange(8)] = 0
+    if np.count_nonzero(region == 0) == 8 * n:
+        return region[8:].tobytes().decode("utf-8", "surrogateescape").split("\0" * 8)
+    mv = memoryview(buf)  # decoded right away: a memoryview per string would cost ~180 B each
+    return [str(mv[a : a + b], "utf-8", "surrogateescape") for a, b in zip(starts.tolist(), lens.tolist())]
 
 
 def _field_value(field) -> Any:
@@ -196,6 +215,16 @@ class GGUFFile:
                 raise GGUFError(f"{self.path}: short read in tensor {t.name}")
             got += r
         return out
+
+    def advise(self, advice: int, tensors: list[Tensor] | None = None) -> None:
+        """madvise (mmap.MADV_*) the whole mapping, or the pages of the given tensors."""
+        mm = self._reader.data._mmap
+        if tensors is None:
+            mm.madvise(advice)
+        page = mmap.PAGESIZE
+        for t in tensors or []:
+            start = t.offset - t.offset % page
+            mm.madvise(advice, start, t.offset + t.nbytes - start)
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:

@@ -106,14 +106,14 @@ def _check(rc: int, what: str) -> None:
 
 def gguf_strings(
     buf: np.ndarray, off: int, n: int, big_endian: bool
-) -> tuple[list[int], list[int], int] | None:
+) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Starts and lengths of the n length-prefixed strings of a GGUF string array at buf[off], and the
     offset after them; None if they run past the end of buf (uint8)."""
     starts, lens = np.empty(n, np.int64), np.empty(n, np.int64)
     end = _lib.fl_gguf_strings(
         buf.ctypes.data, buf.nbytes, off, n, int(big_endian), starts.ctypes.data, lens.ctypes.data
     )
-    return None if end < 0 else (starts.tolist(), lens.tolist(), end)
+    return None if end < 0 else (starts, lens, end)
 
 
 def row_bytes(ggml_type: int, ncols: int) -> int:
