@@ -71,7 +71,7 @@ class Llama:
             self._model = self._fit(memory_budget, expert_cache, prefetch_experts)
         self._kv = self._model.new_cache(self._n_ctx)
         self.logits_all = logits_all
-        self._rng = np.random.default_rng(None if seed == LLAMA_DEFAULT_SEED else seed)
+        self._seed, self._rng_ = None if seed == LLAMA_DEFAULT_SEED else seed, None
         self.input_ids: list[int] = []
         self._last_logits: np.ndarray | None = None
         self._chat_template = None
@@ -263,6 +263,12 @@ class Llama:
         out = self.create_completion(tokens, max_tokens=max_tokens, stream=stream, **kw)
         return chat_chunks(out, self.model_path) if stream else chat_result(out)
 
+    @property
+    def _rng(self) -> np.random.Generator:
+        if self._rng_ is None:  # made when first sampled from: numpy.random costs 6 ms to import
+            self._rng_ = np.random.default_rng(self._seed)
+        return self._rng_
+
     def fork(self) -> Llama:
         """Another Llama on the same weights and tokenizer, with its own context (KV cache, tokens,
         sampler): a server slot. Their evaluations must not overlap (the kernels share buffers)."""
@@ -270,7 +276,7 @@ class Llama:
         other._kv = self._model.new_cache(self._n_ctx)
         other.input_ids, other._last_logits = [], None
         other._scores = np.zeros_like(self._scores)
-        other._rng = np.random.default_rng()
+        other._seed, other._rng_ = None, None
         return other
 
     def _stream_tokens(
