@@ -16,11 +16,17 @@ from fitllm import kernels
 from fitllm.generate import prefill
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
+from fitllm.plan import OVERHEAD, machine_memory, parse_size
 from fitllm.sampling import SamplingParams, make_sampler
 from fitllm.tokenizer import GGUFTokenizer
 
 log = logging.getLogger(__name__)
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+
+
+def _budget(budget: int | str | None) -> int:
+    """Bytes this process may use: as given (bytes or "16G"), else the machine's or its cgroup's."""
+    return parse_size(budget) if isinstance(budget, str) else budget or machine_memory()
 
 
 class Llama:
@@ -64,11 +70,14 @@ class Llama:
             self._model = self._load_split(split_mode, tensor_split, mmap_stream)
         else:
             self._model = load_model(self._file)
+        budget = None if split or mmap_stream else _budget(memory_budget)
+        if budget and os.path.getsize(self.model_path) + OVERHEAD <= budget:
+            self._file.populate_async()  # the weights' pages, beside the tokenizer's load
         self._tok = GGUFTokenizer(self._file)
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
-        if not split and not mmap_stream:  # after what it holds besides the weights
-            self._model = self._fit(memory_budget, expert_cache, prefetch_experts)
+        if budget:  # after what it holds besides the weights
+            self._model = self._fit(budget, expert_cache, prefetch_experts)
         self._kv = self._model.new_cache(self._n_ctx)
         self.logits_all = logits_all
         self._seed, self._rng_ = None if seed == LLAMA_DEFAULT_SEED else seed, None
@@ -80,21 +89,12 @@ class Llama:
                 "loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer
             )
 
-    def _fit(self, budget: int | str | None, policy: str, prefetch: bool):
+    def _fit(self, budget: int, policy: str, prefetch: bool):
         """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""
         from fitllm.expert_cache import ExpertCache
-        from fitllm.plan import (
-            check_fits,
-            kv_bytes,
-            machine_memory,
-            parse_size,
-            resident_bytes,
-            shape_of_gguf,
-            work_bytes,
-        )
+        from fitllm.plan import check_fits, kv_bytes, resident_bytes, shape_of_gguf, work_bytes
 
         shape, hp = shape_of_gguf(self._file), self._model.hp
-        budget = parse_size(budget) if isinstance(budget, str) else budget or machine_memory()
         # besides the weights: the KV cache, what the process holds now, and its work buffers
         other = kv_bytes(shape, self._n_ctx, shape.n_layer) + resident_bytes() + work_bytes(hp, self.n_batch)
         left = budget - other - (shape.weight_bytes - shape.expert_bytes)
