@@ -105,10 +105,18 @@ def test_cli_error_is_one_line(tmp_path, tiny, cut):
         assert r.stderr.startswith("fitllm: error:") and r.stderr.count("\n") == 1, r.stderr
 
 
+@pytest.mark.parametrize("chunk", [8192, 3])
 @pytest.mark.parametrize("odd", [[], ["a\0b"], [b"\xe2\x82", b"\xff"]])
-def test_string_arrays_read_as_gguf_py_reads_them(tmp_path, odd):
-    # strings decode in one pass unless one holds a NUL: both ways against gguf-py's own reader
+def test_string_arrays_read_as_gguf_py_reads_them(tmp_path, monkeypatch, odd, chunk):
+    # strings decode a chunk at a time in one pass, one by one in a chunk with a NUL: all against
+    # gguf-py's own reader
+    import functools
+
     from gguf import GGUFReader
+
+    from fitllm.gguf import reader
+
+    monkeypatch.setattr(reader, "_decode_strings", functools.partial(reader._decode_strings, chunk=chunk))
 
     items = ["", "hello", "▁the", "<|im_end|>", "", "日本", *odd, "last"]
     w = GGUFWriter(str(tmp_path / "s.gguf"), "llama")
