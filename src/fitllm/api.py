@@ -16,7 +16,7 @@ from fitllm import kernels
 from fitllm.generate import prefill
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
-from fitllm.plan import OVERHEAD, machine_memory, parse_size
+from fitllm.plan import machine_memory, parse_size
 from fitllm.sampling import SamplingParams, make_sampler
 from fitllm.tokenizer import GGUFTokenizer
 
@@ -71,8 +71,6 @@ class Llama:
         else:
             self._model = load_model(self._file)
         budget = None if split or mmap_stream else _budget(memory_budget)
-        if budget and os.path.getsize(self.model_path) + OVERHEAD <= budget:
-            self._file.populate_async()  # the weights' pages, beside the tokenizer's load
         self._tok = GGUFTokenizer(self._file)
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)

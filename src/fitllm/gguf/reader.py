@@ -6,10 +6,8 @@ Every way a file can be bad ends in one GGUFError with a one-line message.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,21 +229,6 @@ class GGUFFile:
         for t in tensors or []:
             start = t.offset - t.offset % page
             mm.madvise(advice, start, t.offset + t.nbytes - start)
-
-    def populate_async(self) -> threading.Thread:
-        """Map every page of the tensors in, on a background thread, as llama.cpp's MAP_POPULATE does
-        at load: the first token then takes no page faults. madvise(MADV_POPULATE_READ) through
-        ctypes runs without the GIL, beside the tokenizer's load (Linux >= 5.14; a no-op elsewhere)."""
-        mm, start = self._reader.data, self.data_offset - self.data_offset % mmap.PAGESIZE
-        addr, size = mm.ctypes.data + start, mm.nbytes - start  # the tensors, not the metadata
-
-        def run() -> None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), 22)  # MADV_POPULATE_READ
-
-        t = threading.Thread(target=run, name="fitllm-populate", daemon=True)
-        t.start()
-        return t
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
