@@ -46,7 +46,7 @@ class Reads:
         self.futures = futures
         self.finished = False
 
-    def done(self) -> bool:
+    def done(self) -> bool:  # remembered: victim searches ask every slot, every layer
         self.finished = self.finished or all(f.done() for f in self.futures)
         return self.finished
 
@@ -174,7 +174,7 @@ class ExpertCache:
         if len(self.slots) < self.n_slots:
             self.slots.append(np.empty(self.slot_bytes, np.uint8))
             return len(self.slots) - 1
-        idle = [k for k, f in self.ready.items() if k not in self.pinned and (f.finished or f.done())]
+        idle = [k for k, f in self.ready.items() if k not in self.pinned and f.done()]
         for pool in ([k for k in idle if k not in self.wanted], idle if need else []):
             if pool:
                 old = min(pool, key=self._score)

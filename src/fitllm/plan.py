@@ -11,8 +11,12 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gguf import GGMLQuantizationType as Q
+
+if TYPE_CHECKING:
+    from fitllm.models.base import HParams
 
 OVERHEAD = 600 << 20  # interpreter, libraries, work buffers: bytes per host
 WORK_MARGIN = 32 << 20  # thread stacks, allocator slack, page tables: what a running process cannot count
@@ -368,7 +372,7 @@ def resident_bytes() -> int:
         return OVERHEAD
 
 
-def work_bytes(hp, n_batch: int) -> int:
+def work_bytes(hp: "HParams", n_batch: int) -> int:
     """A running model's memory besides weights and KV cache: one batch's float32 activations
     (hp: the model's HParams) and a margin."""
     return 4 * n_batch * (4 * hp.n_embd + 3 * hp.n_ff + hp.n_vocab) + WORK_MARGIN
