@@ -16,7 +16,6 @@ from fitllm import kernels
 from fitllm.generate import prefill
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
-from fitllm.plan import machine_memory, parse_size
 from fitllm.sampling import SamplingParams, make_sampler
 from fitllm.tokenizer import GGUFTokenizer
 
@@ -26,6 +25,8 @@ LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
 def _budget(budget: int | str | None) -> int:
     """Bytes this process may use: as given (bytes or "16G"), else the machine's or its cgroup's."""
+    from fitllm.plan import machine_memory, parse_size
+
     return parse_size(budget) if isinstance(budget, str) else budget or machine_memory()
 
 
