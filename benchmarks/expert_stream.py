@@ -85,6 +85,7 @@ def worker(a: argparse.Namespace) -> None:
 
     kind = a.worker
     feed = json.loads(a.feed)  # the prompt's tokens, and the decode steps' (None: feed back the argmax)
+    ctx = len(feed["prompt"]) + a.n_gen + 1
     out: dict = {}
     if kind.startswith("llama.cpp"):
         import llama_cpp
@@ -98,31 +99,17 @@ def worker(a: argparse.Namespace) -> None:
                 return p
 
             llama_cpp.llama_cpp.llama_model_default_params = no_repack
-        llm = llama_cpp.Llama(
-            a.model,
-            n_ctx=len(feed["prompt"]) + a.n_gen + 1,
-            n_threads=a.threads,
-            n_batch=len(feed["prompt"]) + a.n_gen + 1,
-            verbose=False,
-        )
+        llm = llama_cpp.Llama(a.model, n_ctx=ctx, n_threads=a.threads, n_batch=ctx, verbose=False)
     else:
         from fitllm.api import Llama
 
         mode = dict(mmap_stream=True) if kind == "fitllm-mmap" else dict(memory_budget=a.budget or None)
-        llm = Llama(
-            a.model,
-            n_ctx=len(feed["prompt"]) + a.n_gen + 1,
-            n_threads=a.threads,
-            verbose=False,
-            expert_cache=a.policy,
-            **mode,
-        )
+        llm = Llama(a.model, n_ctx=ctx, n_threads=a.threads, verbose=False, expert_cache=a.policy, **mode)
     llm.eval(feed["prompt"])
     gen, times = [], []
     for i in range(a.n_gen):
-        gen.append(
-            int(np.argmax(llm.scores[-1] if kind.startswith("fitllm") else llm.scores[llm.n_tokens - 1]))
-        )
+        # llama-cpp-python keeps no logits without logits_all: its runs are fed, never compared
+        gen.append(int(np.argmax(llm.scores[-1])) if kind.startswith("fitllm") else -1)
         t0 = time.perf_counter()
         llm.eval([feed["gen"][i] if feed["gen"] else gen[-1]])
         times.append(time.perf_counter() - t0)
