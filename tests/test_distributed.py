@@ -98,8 +98,10 @@ def test_split_run_is_one_process(models, reference, tmp_path, name, n, mode):
         assert err <= 2 * tol, (err, tol)
     stats = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(n)]
     total = GGUFFile(models[name]).tensors
-    for s in stats:  # each rank holds its share, and not more
-        assert s["resident"] <= 1.05 * s["share"]
+    # each rank holds its share, and not more; Linux 6.16+ maps a file's large page-cache folios
+    # whole on a fault (ext4: up to 2 MiB), so a range's first and last page may bring in a folio each
+    for s in stats:
+        assert s["resident"] <= 1.05 * s["share"] + 4 * 2**20
         assert s["share"] <= 1.1 * sum(t.nbytes for t in total.values()) / n
 
 
