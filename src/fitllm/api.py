@@ -15,7 +15,7 @@ import numpy as np
 from fitllm import kernels
 from fitllm.generate import prefill
 from fitllm.gguf import GGUFFile
-from fitllm.models import load_model
+from fitllm.models import DecoderModel, load_model
 from fitllm.sampling import SamplingParams, make_sampler
 from fitllm.tokenizer import GGUFTokenizer
 
@@ -77,6 +77,8 @@ class Llama:
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         if budget:  # after what it holds besides the weights
             self._model = self._fit(budget, expert_cache, prefetch_experts)
+            if isinstance(self._model, DecoderModel) and os.environ.get("FITLLM_REPACK") != "0":
+                self._model.repack()  # all in memory: in this CPU's fastest layout
         self._kv = self._model.new_cache(self._n_ctx)
         self.logits_all = logits_all
         self._seed, self._rng_ = None if seed == LLAMA_DEFAULT_SEED else seed, None

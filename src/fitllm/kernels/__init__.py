@@ -46,6 +46,9 @@ def _load() -> ctypes.CDLL:
     lib.fl_gguf_strings.argtypes = [p, sz, sz, i64, i32, p, p]
     lib.fl_gguf_strings.restype = i64
     lib.fl_layer_forward.argtypes = [p, p, p, i64, p, i64, i64, i64, p, i32, p, sz, i32]
+    lib.fl_packed_bytes.argtypes = [i32, i64, i64]
+    lib.fl_packed_bytes.restype = sz
+    lib.fl_repack.argtypes = [i32, p, sz, i64, i64, p, sz, i32]
     return lib
 
 
@@ -118,6 +121,28 @@ def gguf_strings(
 
 def row_bytes(ggml_type: int, ncols: int) -> int:
     return _lib.fl_row_bytes(ggml_type, ncols)
+
+
+PACKED = 64  # type flag of a matrix repacked in 16-row strips (csrc/repack.c)
+
+
+def aligned(nbytes: int, align: int = 64) -> np.ndarray:
+    """nbytes of uint8 starting on an `align`-byte boundary (numpy's own is 16)."""
+    raw = np.empty(nbytes + align, np.uint8)
+    skip = -raw.ctypes.data % align
+    return raw[skip : skip + nbytes]
+
+
+def repack(ggml_type: int, w: np.ndarray, nrows: int, ncols: int) -> np.ndarray | None:
+    """The (nrows, ncols) matrix w (raw blocks) regrouped in 16-row strips for the AVX-512 VNNI
+    kernels, which then read it with type ggml_type | PACKED (the same bytes, decode ~3x fewer
+    vector operations per weight); None where this CPU or type has no such kernel."""
+    size = _lib.fl_packed_bytes(ggml_type, nrows, ncols)
+    if not size or isa_supported() < 2 or get_isa() < 2:
+        return None
+    out = aligned(size)
+    _check(_lib.fl_repack(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, size, _threads), "repack")
+    return out
 
 
 def matmul(
@@ -303,11 +328,9 @@ def layer_forward(
         assert y.dtype == np.float32 and y.flags.c_contiguous and y.shape == x.shape
     need = _lib.fl_layer_work_bytes(ctypes.byref(spec), T, n_ctx, _threads)
     if _work.nbytes < need:
-        # 64-byte aligned: threads write neighbouring 16-row slices of each output; at numpy's
-        # 16-byte alignment they share cache lines (2 threads: 128 instead of 165 tok/s, by process)
-        raw = np.empty(need + 64, np.uint8)
-        skip = -raw.ctypes.data % 64
-        _work = raw[skip : skip + need]
+        # threads write neighbouring 16-row slices of each output: at numpy's 16-byte alignment they
+        # would share cache lines (2 threads: 128 instead of 165 tok/s, by process)
+        _work = aligned(need)
     rc = _lib.fl_layer_forward(
         ctypes.byref(spec),
         kc.ctypes.data,

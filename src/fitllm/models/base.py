@@ -8,6 +8,7 @@ numpy: readable, slow, the reference the compiled path is tested against.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fitllm import kernels
-from fitllm.gguf import GGUFError, GGUFFile
+from fitllm.gguf import GGUFError, GGUFFile, Tensor
 from fitllm.kv_cache import KVCache
 from fitllm.models.layers import Linear
 from fitllm.models.moe import Experts, moe_ffn
@@ -102,6 +103,26 @@ class DecoderModel:
         else:
             lin = Linear(t, getattr(owner, attr + "_bias", None))
             setattr(owner, attr, lin)
+
+    def repack(self) -> int:
+        """Regroup the dense matrices in 16-row strips for this CPU's fastest kernels (AVX-512 VNNI;
+        as llama.cpp repacks at load), releasing each one's file pages once copied: resident memory
+        stays the model's size. Before the first forward; returns the bytes repacked."""
+        done, owners = 0, [(self, "output")] + [(blk, n) for blk in self.blk for n in list(vars(blk))]
+        for owner, name in owners:
+            lin = getattr(owner, name)
+            if not isinstance(lin, Linear) or name == "ffn_gate_inp":  # the router: small, read as is
+                continue
+            w = lin.weight
+            packed = kernels.repack(w.ggml_type, w.data, *w.shape)
+            if packed is None:
+                continue
+            # a new Linear: a tied output shares its tensor with the embedding lookup, which reads rows
+            t = Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed)
+            setattr(owner, name, Linear(t, lin.bias))
+            self.file.advise(mmap.MADV_DONTNEED, [w])
+            done += w.nbytes
+        return done
 
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.hp.n_layer, n_ctx, self.hp.n_head_kv, self.hp.head_dim)

@@ -10,7 +10,7 @@
 #include "fitllm.h"
 
 int fl_act_kind(int type) {
-    switch (type) {
+    switch (type & ~FL_PACKED) {
     case FL_F32: return FL_ACT_F32;
     case FL_F16: return FL_ACT_F16;
     case FL_BF16: return FL_ACT_BF16;
@@ -37,7 +37,10 @@ static void q8_0_row(const float *x, int64_t n, fl_q8 *out, int with_sum) {
     for (int64_t i = 0; i < n / 32; i++) {
         const float *v = x + 32 * i;
         float amax = 0.f;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(v[j]));
+        for (int j = 0; j < 32; j++) {
+            const float ax = fabsf(v[j]);
+            amax = ax > amax ? ax : amax; /* fmaxf, which is a libm call here */
+        }
         const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f, dh = fl_h2f(fl_f2h(d));
         int s0 = 0, s1 = 0;
         for (int j = 0; j < 32; j++) {

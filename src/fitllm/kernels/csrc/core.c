@@ -36,6 +36,7 @@ static int known(int type) { return type >= 0 && type < FL_NTYPES && FL_TYPES[ty
 
 /* bytes of a row of n elements, or 0 if the type is unknown or n is not a whole number of blocks */
 size_t fl_row_bytes(int type, int64_t n) {
+    if (type & FL_PACKED) return fl_packable(type & ~FL_PACKED) && n % 32 == 0 ? fl_row_bytes(type & ~FL_PACKED, n) : 0;
     if (!known(type) || n <= 0 || n % FL_TYPES[type].blck) return 0;
     return (size_t)(n / FL_TYPES[type].blck) * FL_TYPES[type].size;
 }
@@ -69,12 +70,14 @@ typedef void (*mm_f_fn)(int, const uint8_t *, size_t, int64_t, const float *, in
                         int64_t);
 static const mm_q_fn MM_Q[] = {fl_mm_q_portable, fl_mm_q_avx2, fl_mm_q_vnni};
 static const mm_f_fn MM_F[] = {fl_mm_f_portable, fl_mm_f_avx2, fl_mm_f_vnni};
-static const fl_dot_f16_fn DOT_F16[] = {fl_dot_f16_portable, fl_dot_f16_avx2, fl_dot_f16_vnni};
-static const fl_axpy_f16_fn AXPY_F16[] = {fl_axpy_f16_portable, fl_axpy_f16_avx2, fl_axpy_f16_vnni};
+static const fl_scores_f16_fn SCORES_F16[] = {fl_scores_f16_portable, fl_scores_f16_avx2, fl_scores_f16_vnni};
+static const fl_pv_f16_fn PV_F16[] = {fl_pv_f16_portable, fl_pv_f16_avx2, fl_pv_f16_vnni};
+static const fl_softmax_fn SOFTMAX[] = {fl_softmax_portable, fl_softmax_avx2, fl_softmax_vnni};
 
-/* the attention kernels of the current ISA, fetched once per step rather than per cached key */
-fl_dot_f16_fn fl_dot_f16_kernel(void) { return DOT_F16[fl_get_isa()]; }
-fl_axpy_f16_fn fl_axpy_f16_kernel(void) { return AXPY_F16[fl_get_isa()]; }
+/* the attention kernels of the current ISA, fetched once per step */
+fl_scores_f16_fn fl_scores_f16_kernel(void) { return SCORES_F16[fl_get_isa()]; }
+fl_pv_f16_fn fl_pv_f16_kernel(void) { return PV_F16[fl_get_isa()]; }
+fl_softmax_fn fl_softmax_kernel(void) { return SOFTMAX[fl_get_isa()]; }
 
 /* Rows of activations [ith-th share of T] in the kind a weight type wants. Inside a parallel region. */
 void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth) {
@@ -85,10 +88,46 @@ void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int 
 #define ROWS_PER_TASK 16
 #define TOKENS_PER_TASK 32
 
+static void add_bias(const float *bias, int64_t t0, int64_t nt, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+    if (bias)
+        for (int64_t t = t0; t < t0 + nt; t++)
+            for (int64_t r = r0; r < r1; r++) y[t * ldy + r] += bias[r];
+}
+
+/* fl_mm_part of a packed matrix: tasks of one strip x 128 tokens. Every token's sums are those of
+ * the blocks' strips (FL_STRIP_MIN_T tokens or more), whatever the batch. */
+static void mm_packed(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
+                      int64_t T, float *y, int64_t ldy, int ith, int nth) {
+    const int64_t nb32 = ncols / 32, nrt = (nrows + 15) / 16, tpt = 128, ntask = nrt * ((T + tpt - 1) / tpt);
+    const int32_t *sa = fl_strip_sums(act, nb32, T);
+    for (int64_t k = ith; k < ntask; k += nth) {
+        const int64_t r0 = (k % nrt) * 16, r1 = r0 + 16 < nrows ? r0 + 16 : nrows;
+        const int64_t t0 = (k / nrt) * tpt, nt = T - t0 < tpt ? T - t0 : tpt;
+        const fl_q8 *a = (const fl_q8 *)act + t0 * nb32;
+        if (sa) {
+            fl_mm_packed_vnni(type, w, nb32, a, sa + t0 * nb32, nt, r0, r1, y + t0 * ldy, ldy);
+        } else { /* no memory for the sums: a token at a time, its sums on the stack */
+            int32_t one[nb32];
+            for (int64_t t = 0; t < nt; t++) {
+                for (int64_t s = 0; s < nb32; s++) {
+                    one[s] = 0;
+                    for (int j = 0; j < 32; j++) one[s] += a[t * nb32 + s].q[j];
+                }
+                fl_mm_packed_vnni(type, w, nb32, a + t * nb32, one, 1, r0, r1, y + (t0 + t) * ldy, ldy);
+            }
+        }
+        add_bias(bias, t0, nt, r0, r1, y, ldy);
+    }
+}
+
 /* This thread's share of y (T, ldy)[:, :nrows] = act . W^T (+ bias), in tasks of 16 rows x 32 tokens.
  * Inside a parallel region; the caller has checked the sizes. */
 void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
                 int64_t T, float *y, int64_t ldy, int ith, int nth) {
+    if (type & FL_PACKED) {
+        mm_packed(type & ~FL_PACKED, w, nrows, ncols, bias, act, T, y, ldy, ith, nth);
+        return;
+    }
     const int isa = fl_get_isa(), kind = fl_act_kind(type);
     const size_t rb = fl_row_bytes(type, ncols), ab = fl_act_row_bytes(kind, ncols);
     const int64_t nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
@@ -110,9 +149,7 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
                       y + t0 * ldy, ldy, strip && pk);
         else
             MM_F[isa](type, w, rb, ncols, (const float *)a, nt, r0, r1, y + t0 * ldy, ldy);
-        if (bias)
-            for (int64_t t = t0; t < t0 + nt; t++)
-                for (int64_t r = r0; r < r1; r++) y[t * ldy + r] += bias[r];
+        add_bias(bias, t0, nt, r0, r1, y, ldy);
     }
 }
 

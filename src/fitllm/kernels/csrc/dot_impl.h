@@ -5,6 +5,7 @@
  * per 16 elements a scale and an offset, value = scale * u + offset. The dot product with 8-bit
  * activations a (scale da) is then  da * (scale * sum(u*a)) + offset * da * sum(a),
  * where da * sum(a) is precomputed per half-chunk (fl_q8.s0/s1). */
+#include <math.h>
 #include "fitllm.h"
 #if FL_SIMD
 #include <immintrin.h>
@@ -381,28 +382,143 @@ void FL_PASTE(fl_mm_f_, FL_SUFFIX)(int type, const uint8_t *w, size_t row_bytes,
 }
 
 /* Attention on the fp16 cache: q.k with both sides fp16 (llama.cpp rounds q to fp16 for this
- * product), and y += p * v. Products of two fp16 values are exact in f32. */
-float FL_PASTE(fl_dot_f16_, FL_SUFFIX)(const uint16_t *a, const uint16_t *b, int64_t n) {
-    int64_t j = 0;
-    float s = 0.f;
+ * product), and acc = sum p * v. Products of two fp16 values are exact in f32. Each score is summed
+ * in 8 lanes along the head, then the lanes as hsum8 adds them, 8 positions at a time; each output
+ * dimension of p.v is one chain of FMAs in position order. */
 #if FL_SIMD
+ALWAYS_INLINE float dot_f16(const uint16_t *a, const uint16_t *b, int64_t n) {
+    int64_t j = 0;
     __m256 acc = _mm256_setzero_ps();
     for (; j + 8 <= n; j += 8)
         acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + j))),
                               _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + j))), acc);
-    s = hsum8(acc);
-#endif
+    float s = hsum8(acc);
     for (; j < n; j++) s += fl_h2f(a[j]) * fl_h2f(b[j]);
     return s;
 }
 
-void FL_PASTE(fl_axpy_f16_, FL_SUFFIX)(float *y, const uint16_t *v, float p, int64_t n) {
+/* q rounded to fp16 on the fly (heads over 256) */
+ALWAYS_INLINE float dot_f32_f16(const float *a, const uint16_t *b, int64_t n) {
     int64_t j = 0;
-#if FL_SIMD
-    const __m256 pv = _mm256_set1_ps(p);
+    __m256 acc = _mm256_setzero_ps();
     for (; j + 8 <= n; j += 8)
-        _mm256_storeu_ps(y + j, _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + j))), pv,
-                                                _mm256_loadu_ps(y + j)));
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(a + j), _MM_FROUND_TO_NEAREST_INT)),
+                              _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + j))), acc);
+    float s = hsum8(acc);
+    for (; j < n; j++) s += fl_h2f(fl_f2h(a[j])) * fl_h2f(b[j]);
+    return s;
+}
+
+/* hsum8 of each of a[0..7], in hsum8's order of additions: (lo + hi), then (0 + 2) + (1 + 3) */
+ALWAYS_INLINE __m256 hsum8x8(const __m256 *a) {
+    __m256 z[4], c[2];
+    for (int j = 0; j < 4; j++) /* [a[2j] lo + hi | a[2j+1] lo + hi] */
+        z[j] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * j], a[2 * j + 1], 0x20),
+                             _mm256_permute2f128_ps(a[2 * j], a[2 * j + 1], 0x31));
+    for (int j = 0; j < 2; j++) /* per 128-bit lane: the (0 + 2), (1 + 3) pairs of two sums */
+        c[j] = _mm256_add_ps(_mm256_shuffle_ps(z[2 * j], z[2 * j + 1], 0x44),
+                             _mm256_shuffle_ps(z[2 * j], z[2 * j + 1], 0xEE));
+    const __m256 h = _mm256_hadd_ps(c[0], c[1]); /* sums of a[0, 2, 4, 6 | 1, 3, 5, 7] */
+    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+void FL_PASTE(fl_scores_f16_, FL_SUFFIX)(const float *qf32, const uint16_t *k, int64_t stride, int64_t n,
+                                         int64_t hd, float *s) {
+    int64_t i = 0;
+    uint16_t q[256 + 8];
+    for (int64_t d = 0; d < hd && d < 256; d++) q[d] = fl_f2h(qf32[d]);
+    if (hd % 8 == 0 && hd <= 256) {
+        __m256 qf[32];
+        for (int64_t d = 0; d < hd; d += 8)
+            qf[d / 8] = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(qf32 + d), _MM_FROUND_TO_NEAREST_INT));
+        for (; i + 8 <= n; i += 8) {
+            __m256 acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+            const uint16_t *kr = k + i * stride;
+            for (int64_t d = 0; d < hd; d += 8)
+                for (int j = 0; j < 8; j++)
+                    acc[j] = _mm256_fmadd_ps(qf[d / 8], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + j * stride + d))),
+                                             acc[j]);
+            _mm256_storeu_ps(s + i, hsum8x8(acc));
+        }
+    }
+    for (; i < n; i++) s[i] = hd <= 256 ? dot_f16(q, k + i * stride, hd) : dot_f32_f16(qf32, k + i * stride, hd);
+}
+
+/* acc[0 .. 8 NV) = sum_i p[i] * v[i * stride + 0 .. 8 NV), accumulators in registers */
+ALWAYS_INLINE void pv_chunk(const int NV, const float *p, const uint16_t *v, int64_t stride, int64_t n, float *acc) {
+    __m256 a[8];
+    for (int j = 0; j < NV; j++) a[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i++) {
+        const __m256 pv = _mm256_set1_ps(p[i]);
+        for (int j = 0; j < NV; j++)
+            a[j] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i * stride + 8 * j))), pv, a[j]);
+    }
+    for (int j = 0; j < NV; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
+}
+
+void FL_PASTE(fl_pv_f16_, FL_SUFFIX)(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd,
+                                     float *acc) {
+    int64_t d = 0;
+    for (; d + 64 <= hd; d += 64) pv_chunk(8, p, v + d, stride, n, acc + d);
+    for (; d + 8 <= hd; d += 8) pv_chunk(1, p, v + d, stride, n, acc + d);
+    for (; d < hd; d++) {
+        acc[d] = 0.f;
+        for (int64_t i = 0; i < n; i++) acc[d] += p[i] * fl_h2f(v[i * stride + d]);
+    }
+}
+#else
+void FL_PASTE(fl_scores_f16_, FL_SUFFIX)(const float *q, const uint16_t *k, int64_t stride, int64_t n,
+                                         int64_t hd, float *s) {
+    for (int64_t i = 0; i < n; i++) {
+        float acc = 0.f;
+        for (int64_t j = 0; j < hd; j++) acc += fl_h2f(fl_f2h(q[j])) * fl_h2f(k[i * stride + j]);
+        s[i] = acc;
+    }
+}
+
+void FL_PASTE(fl_pv_f16_, FL_SUFFIX)(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd,
+                                     float *acc) {
+    memset(acc, 0, (size_t)hd * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t d = 0; d < hd; d++) acc[d] += p[i] * fl_h2f(v[i * stride + d]);
+}
 #endif
-    for (; j < n; j++) y[j] += p * fl_h2f(v[j]);
+
+/* s[0..n) <- softmax of the scores times scale (or cap * tanh(s * capscale), Grok's soft cap), each
+ * probability rounded to fp16 for p.v: max, then expf and a double sum in position order. */
+void FL_PASTE(fl_softmax_, FL_SUFFIX)(float *s, int64_t n, float scale, float cap, float capscale) {
+    int64_t i = 0;
+    float mx = -INFINITY;
+#if FL_SIMD
+    if (cap <= 0.f) {
+        __m256 m8 = _mm256_set1_ps(-INFINITY);
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + i), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(s + i, v);
+            m8 = _mm256_max_ps(m8, v);
+        }
+        float m[8];
+        _mm256_storeu_ps(m, m8);
+        for (int j = 0; j < 8; j++) mx = m[j] > mx ? m[j] : mx;
+    }
+#endif
+    for (; i < n; i++) {
+        const float v = cap > 0.f ? tanhf(s[i] * capscale) * cap : s[i] * scale; /* llama.cpp's grok order */
+        s[i] = v;
+        mx = v > mx ? v : mx;
+    }
+    double sum = 0.0;
+    for (i = 0; i < n; i++) {
+        s[i] = expf(s[i] - mx);
+        sum += (double)s[i];
+    }
+    const float inv = (float)(1.0 / sum);
+    i = 0;
+#if FL_SIMD
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(s + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + i), _mm256_set1_ps(inv)),
+                                                                _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; i < n; i++) s[i] = fl_h2f(fl_f2h(s[i] * inv));
 }

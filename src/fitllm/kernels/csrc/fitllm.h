@@ -84,6 +84,17 @@ const void *fl_strip_sums(const fl_q8 *a, int64_t nb32, int64_t T);
     ((t) == FL_Q4_0 || (t) == FL_Q4_1 || (t) == FL_Q5_0 || (t) == FL_Q5_1 || (t) == FL_Q8_0 || (t) == FL_Q4_K || (t) == FL_Q5_K)
 int fl_batch_min_tokens(void);
 
+/* Matrices repacked in 16-row strips (repack.c) for the AVX-512 VNNI strip products: their type is
+ * the blocks' type | FL_PACKED. QB, SB: bytes of quants, of scales per 16 rows x 32 columns. */
+#define FL_PACKED 64
+#define FL_PACKED_QB(t) ((t) == FL_Q8_0 ? 512 : 256)
+#define FL_PACKED_SB(t) ((t) == FL_Q4_1 ? 64 : 32)
+int fl_packable(int type);
+size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols);
+/* rows [r0, r1) (r0 a multiple of 16) x T tokens of a packed matrix; sa: fl_strip_sums of a */
+void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,
+                       int64_t r0, int64_t r1, float *y, int64_t ldy);
+
 /* Per-ISA row kernels: y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1). */
 #define FL_DECLARE_ISA(sfx)                                                                       \
     void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a,  \
@@ -91,8 +102,10 @@ int fl_batch_min_tokens(void);
                        int strip);                                                              \
     void fl_mm_f_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t ncols,               \
                        const float *x, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
-    float fl_dot_f16_##sfx(const uint16_t *a, const uint16_t *b, int64_t n);                    \
-    void fl_axpy_f16_##sfx(float *y, const uint16_t *v, float p, int64_t n);
+    void fl_scores_f16_##sfx(const float *q, const uint16_t *k, int64_t stride, int64_t n, int64_t hd,    \
+                             float *s);                                                           \
+    void fl_softmax_##sfx(float *s, int64_t n, float scale, float cap, float capscale);         \
+    void fl_pv_f16_##sfx(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
 FL_DECLARE_ISA(portable)
 FL_DECLARE_ISA(avx2)
 FL_DECLARE_ISA(vnni)
@@ -166,9 +179,13 @@ void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int 
 void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
                 int64_t T, float *y, int64_t ldy, int ith, int nth);
 void fl_rms_row(const float *x, int64_t n, const float *w, float eps, float *y);
-typedef float (*fl_dot_f16_fn)(const uint16_t *a, const uint16_t *b, int64_t n);
-typedef void (*fl_axpy_f16_fn)(float *y, const uint16_t *v, float p, int64_t n);
-fl_dot_f16_fn fl_dot_f16_kernel(void);
-fl_axpy_f16_fn fl_axpy_f16_kernel(void);
+/* attention on the fp16 cache: s[i] = fp16(q) . k[i * stride], their softmax, and acc = sum_i p[i] * v[i * stride] */
+typedef void (*fl_scores_f16_fn)(const float *q, const uint16_t *k, int64_t stride, int64_t n, int64_t hd,
+                                 float *s);
+typedef void (*fl_softmax_fn)(float *s, int64_t n, float scale, float cap, float capscale);
+fl_softmax_fn fl_softmax_kernel(void);
+typedef void (*fl_pv_f16_fn)(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
+fl_scores_f16_fn fl_scores_f16_kernel(void);
+fl_pv_f16_fn fl_pv_f16_kernel(void);
 
 #endif

@@ -193,31 +193,17 @@ static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, con
     const int64_t hd = L->head_dim, H = L->n_head, Hkv = L->n_head_kv, h0 = L->head0;
     const int64_t grp = L->n_group ? L->n_group : H / Hkv;
     float *s = w->scr + ith * w->scr_floats, *acc = s + 2 * (pos0 + T) + 8;
-    uint16_t *q16 = (uint16_t *)(acc + hd), *p16 = (uint16_t *)(s + (pos0 + T));
     const float scale = (float)L->kq_scale, cap = (float)L->attn_softcap, capscale = cap > 0.f ? scale / cap : 0.f;
-    const fl_dot_f16_fn dot = fl_dot_f16_kernel();
-    const fl_axpy_f16_fn axpy = fl_axpy_f16_kernel();
+    const fl_scores_f16_fn scores = fl_scores_f16_kernel();
+    const fl_softmax_fn softmax = fl_softmax_kernel();
+    const fl_pv_f16_fn pv = fl_pv_f16_kernel();
+    const int64_t stride = Hkv * hd;
     for (int64_t k = ith; k < T * H; k += nth) {
         const int64_t t = k / H, h = k % H, g = (h0 + h) / grp - h0 / grp, pos = pos0 + t;
-        const int64_t lo = L->window > 0 && pos - L->window + 1 > 0 ? pos - L->window + 1 : 0;
-        const float *q = w->q + (t * H + h) * hd;
-        for (int64_t d = 0; d < hd; d++) q16[d] = fl_f2h(q[d]);
-        float mx = -INFINITY;
-        for (int64_t i = lo; i <= pos; i++) {
-            const float qk = dot(q16, kc + (i * Hkv + g) * hd, hd);
-            const float v = cap > 0.f ? tanhf(qk * capscale) * cap : qk * scale; /* llama.cpp's grok order */
-            s[i] = v;
-            mx = v > mx ? v : mx;
-        }
-        double sum = 0.0;
-        for (int64_t i = lo; i <= pos; i++) {
-            s[i] = expf(s[i] - mx);
-            sum += (double)s[i];
-        }
-        const float inv = (float)(1.0 / sum);
-        for (int64_t i = lo; i <= pos; i++) p16[i] = fl_f2h(s[i] * inv);
-        memset(acc, 0, (size_t)hd * sizeof(float));
-        for (int64_t i = lo; i <= pos; i++) axpy(acc, vc + (i * Hkv + g) * hd, fl_h2f(p16[i]), hd);
+        const int64_t lo = L->window > 0 && pos - L->window + 1 > 0 ? pos - L->window + 1 : 0, n = pos + 1 - lo;
+        scores(w->q + (t * H + h) * hd, kc + (lo * Hkv + g) * hd, stride, n, hd, s);
+        softmax(s, n, scale, cap, capscale);
+        pv(s, vc + (lo * Hkv + g) * hd, stride, n, hd, acc);
         memcpy(w->att + (t * H + h) * hd, acc, (size_t)hd * sizeof(float));
     }
 }
