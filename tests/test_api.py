@@ -5,6 +5,7 @@ import pytest
 
 from conftest import golden
 from fitllm import Llama
+from fitllm import kernels as K
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,23 @@ def test_prompt_too_long(smollm2_path):
         llm("word " * 40, max_tokens=4)
     out = llm("Hi", max_tokens=100, temperature=0.0)  # stops at the context end, no error
     assert out["usage"]["total_tokens"] <= 16
+
+
+@pytest.mark.skipif(K.isa_supported() < 2, reason="weights are repacked for the AVX-512 VNNI kernels only")
+def test_repacked_weights_decode_as_prompt_batches(smollm2_path, monkeypatch):
+    # repacked (the default here), a token's logits are the same bits one by one as in a prompt
+    # batch, and those of the file's own blocks in batches of batch_min_tokens() or more
+    toks = list(range(300, 312))  # 12 tokens: one batch over the strips' threshold
+    llm = Llama(model_path=smollm2_path, n_ctx=32, logits_all=True, verbose=False)
+    assert llm._model.output.weight.ggml_type & K.PACKED  # the tied output too, as its own copy
+    assert not llm._model.token_embd.weight.ggml_type & K.PACKED  # the embedding rows stay in the file
+    llm.eval(toks)
+    batch = llm.scores[: len(toks)].copy()
+    llm.reset()
+    for t in toks:
+        llm.eval([t])
+    assert np.array_equal(llm.scores[: len(toks)], batch)
+    monkeypatch.setenv("FITLLM_REPACK", "0")
+    blocks = Llama(model_path=smollm2_path, n_ctx=32, logits_all=True, verbose=False)
+    blocks.eval(toks)
+    assert np.array_equal(blocks.scores[: len(toks)], batch)

@@ -136,3 +136,38 @@ def test_sizes_are_checked():
         K.get_rows(int(T.Q4_0), w, 8, 64, np.array([8]))
     with pytest.raises(ValueError):
         K.set_isa(99)
+
+
+needs_vnni = pytest.mark.skipif(K.isa_supported() < 2, reason="repacked strips are AVX-512 VNNI kernels")
+
+
+@needs_vnni
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q8_0], ids=lambda t: t.name)
+def test_repacked_matrix_sums_as_the_blocks_strips(t):
+    """A repacked matrix gives, for every batch size and thread count, the bits the blocks' own
+    16-row strips give to batches of batch_min_tokens() or more (their arithmetic is the spec)."""
+    rng = np.random.default_rng(11)
+    rows, cols = 37, 576  # a padded last strip; 18 groups of 32 (not a multiple of 64)
+    w = make_weights(t, rows, cols, rng)
+    packed = K.repack(int(t), w, rows, cols)
+    assert packed is not None and packed.nbytes == 48 * w.nbytes // rows  # 3 strips of 16 rows
+    x = rng.standard_normal((20, cols)).astype(np.float32)
+    threads = K.get_threads()
+    try:
+        for n in (1, 2):
+            K.set_threads(n)
+            strips = K.matmul(int(t), w, rows, cols, x)  # 20 tokens: the blocks' strips
+            for T_ in (1, 3, 4, 8, 20):
+                got = K.matmul(int(t) | K.PACKED, packed, rows, cols, x[:T_])
+                assert np.array_equal(got, strips[:T_]), (n, T_)
+    finally:
+        K.set_threads(threads)
+
+
+def test_repack_declines_what_it_has_no_kernel_for():
+    rng = np.random.default_rng(2)
+    assert K.repack(int(T.Q6_K), make_weights(T.Q6_K, 16, 256, rng), 16, 256) is None
+    K.set_isa(min(1, K.isa_supported()))  # a forced lower path keeps the blocks as they are
+    assert K.repack(int(T.Q4_0), make_weights(T.Q4_0, 16, 64, rng), 16, 64) is None
+    with pytest.raises(ValueError, match="unsupported"):  # a packed type whose width is not whole groups
+        K.matmul(int(T.Q4_0) | K.PACKED, np.zeros(1024, np.uint8), 16, 48, np.ones((1, 48), np.float32))

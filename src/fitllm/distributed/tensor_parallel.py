@@ -71,18 +71,6 @@ def row_view(f: GGUFFile, t: Tensor, a: int, b: int) -> Tensor:
     return Tensor(t.name, t.ggml_type, (b - a, t.shape[-1]), data, t.offset + a * rb)
 
 
-class FileRows:
-    """An embedding looked up by reading its rows from the file (the mmap stays untouched)."""
-
-    def __init__(self, f: GGUFFile, t: Tensor) -> None:
-        self.f, self.t = f, t
-        self.rb = kernels.row_bytes(t.ggml_type, t.shape[1])
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        raw = np.concatenate([self.f.read(self.t, int(i) * self.rb, self.rb) for i in ids])
-        return kernels.dequantize(self.t.ggml_type, raw, len(ids), self.t.shape[1])
-
-
 class Shard:
     """Rank r's slices of the model: heads, feed-forward rows, vocabulary rows."""
 

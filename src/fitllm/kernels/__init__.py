@@ -133,15 +133,30 @@ def aligned(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[skip : skip + nbytes]
 
 
-def repack(ggml_type: int, w: np.ndarray, nrows: int, ncols: int) -> np.ndarray | None:
-    """The (nrows, ncols) matrix w (raw blocks) regrouped in 16-row strips for the AVX-512 VNNI
-    kernels, which then read it with type ggml_type | PACKED (the same bytes, decode ~3x fewer
-    vector operations per weight); None where this CPU or type has no such kernel."""
-    size = _lib.fl_packed_bytes(ggml_type, nrows, ncols)
-    if not size or isa_supported() < 2 or get_isa() < 2:
+def arena(nbytes: int) -> np.ndarray:
+    """Anonymous memory for a model's repacked matrices. (Transparent huge pages made filling it
+    slower here, 47 -> 60..150 ms for SmolLM2, and decode no faster.)"""
+    return aligned(nbytes, 4096)
+
+
+def packed_bytes(ggml_type: int, nrows: int, ncols: int) -> int:
+    """Bytes of the matrix repacked in 16-row strips for the AVX-512 VNNI kernels (read with type
+    ggml_type | PACKED: the blocks' bytes regrouped, decode ~3x fewer vector operations per
+    weight); 0 where this CPU, the forced kernel path or the type has no such kernel."""
+    if isa_supported() < 2 or get_isa() < 2:
+        return 0
+    return _lib.fl_packed_bytes(ggml_type, nrows, ncols)
+
+
+def repack(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, out: np.ndarray | None = None) -> np.ndarray | None:
+    """Rows of w (raw blocks) into their strips: out (packed_bytes of nrows rows), or a new array.
+    nrows may be a whole number of strips of a larger matrix, out the matching slice."""
+    size = packed_bytes(ggml_type, nrows, ncols)
+    if not size:
         return None
-    out = aligned(size)
-    _check(_lib.fl_repack(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, size, _threads), "repack")
+    out = aligned(size) if out is None else out
+    threads = len(os.sched_getaffinity(0))  # at load: every core, whatever the run will use
+    _check(_lib.fl_repack(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, out.nbytes, threads), "repack")
     return out
 
 

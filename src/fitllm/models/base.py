@@ -8,7 +8,6 @@ numpy: readable, slow, the reference the compiled path is tested against.
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 from fitllm import kernels
 from fitllm.gguf import GGUFError, GGUFFile, Tensor
 from fitllm.kv_cache import KVCache
-from fitllm.models.layers import Linear
+from fitllm.models.layers import FileRows, Linear
 from fitllm.models.moe import Experts, moe_ffn
 
 
@@ -104,25 +103,31 @@ class DecoderModel:
             lin = Linear(t, getattr(owner, attr + "_bias", None))
             setattr(owner, attr, lin)
 
-    def repack(self) -> int:
+    def repack(self, chunk: int = 4 << 20) -> int:
         """Regroup the dense matrices in 16-row strips for this CPU's fastest kernels (AVX-512 VNNI;
-        as llama.cpp repacks at load), releasing each one's file pages once copied: resident memory
-        stays the model's size. Before the first forward; returns the bytes repacked."""
-        done, owners = 0, [(self, "output")] + [(blk, n) for blk in self.blk for n in list(vars(blk))]
-        for owner, name in owners:
-            lin = getattr(owner, name)
-            if not isinstance(lin, Linear) or name == "ffn_gate_inp":  # the router: small, read as is
-                continue
+        llama.cpp repacks at load too) in one arena of anonymous memory, read from the file in
+        chunks (its pages are not mapped: resident memory stays the model's size). Before the
+        first forward; returns the bytes repacked."""
+        owners = [(self, "output")] + [(blk, n) for blk in self.blk for n in vars(blk)]
+        todo = [(o, n, getattr(o, n)) for o, n in owners if isinstance(getattr(o, n), Linear) and n != "ffn_gate_inp"]
+        todo = [(o, n, lin, kernels.packed_bytes(lin.weight.ggml_type, *lin.weight.shape)) for o, n, lin in todo]
+        todo = [x for x in todo if x[3]]
+        room = kernels.arena(sum(-(-size // 64) * 64 for *_, size in todo))
+        stage, at = np.empty(chunk + (64 << 10), np.uint8), 0  # 64 KiB: 16 rows of a 1M-wide Q8_0
+        for owner, name, lin, size in todo:
             w = lin.weight
-            packed = kernels.repack(w.ggml_type, w.data, *w.shape)
-            if packed is None:
-                continue
-            # a new Linear: a tied output shares its tensor with the embedding lookup, which reads rows
-            t = Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed)
-            setattr(owner, name, Linear(t, lin.bias))
-            self.file.advise(mmap.MADV_DONTNEED, [w])
-            done += w.nbytes
-        return done
+            packed, strip, rb = room[at : at + size], size // -(-w.shape[0] // 16), w.nbytes // w.shape[0]
+            at += -(-size // 64) * 64
+            rows = max(16, chunk // rb // 16 * 16)  # whole strips per read
+            for r in range(0, w.shape[0], rows):
+                n = min(rows, w.shape[0] - r)
+                data = self.file.read(w, r * rb, n * rb, stage)
+                kernels.repack(w.ggml_type, data, n, w.shape[1], packed[r // 16 * strip : (r + n + 15) // 16 * strip])
+            # a new Linear: a tied output shares its tensor with the embedding lookup
+            setattr(owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias))
+        if todo:  # the embedding by reads: mapping its rows would add more of the file than they are
+            self.token_embd = FileRows(self.file, self.token_embd.weight)
+        return at
 
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.hp.n_layer, n_ctx, self.hp.n_head_kv, self.hp.head_dim)

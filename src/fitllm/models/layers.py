@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fitllm import kernels
-from fitllm.gguf import Tensor
+from fitllm.gguf import GGUFFile, Tensor
 
 
 class Linear:
@@ -25,6 +25,19 @@ class Linear:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Dequantized rows (the embedding lookup)."""
         return kernels.get_rows(self.weight.ggml_type, self.weight.data, self.n_out, self.n_in, ids)
+
+
+class FileRows:
+    """An embedding looked up by reading its rows from the file: the mmap stays untouched (a fault
+    there would map up to a large folio of neighbouring rows into the process)."""
+
+    def __init__(self, f: GGUFFile, t: Tensor) -> None:
+        self.f, self.weight = f, t
+        self.rb = kernels.row_bytes(t.ggml_type, t.shape[1])
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        raw = np.concatenate([self.f.read(self.weight, int(i) * self.rb, self.rb) for i in ids])
+        return kernels.dequantize(self.weight.ggml_type, raw, len(ids), self.weight.shape[1])
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

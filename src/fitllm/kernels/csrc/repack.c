@@ -16,24 +16,27 @@ size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols) {
     return (size_t)((nrows + 15) / 16) * (size_t)(ncols / 32) * (FL_PACKED_QB(type) + FL_PACKED_SB(type));
 }
 
-/* row r (of 16) of one strip, from its blocks */
+/* row r (of 16) of one strip, from its blocks, four bytes at a time: a 4-bit block's byte j holds
+ * elements j (low nibble) and j + 16 (high), the strip's byte 4r + k of register pair h elements
+ * 8h + k (low) and 8h + 4 + k (high) */
 static void pack_row(int type, const uint8_t *row, int64_t nb32, int r, uint8_t *qs, uint8_t *ss) {
     const int bsz = FL_TYPES[type].size, qb = FL_PACKED_QB(type), sb = FL_PACKED_SB(type);
+    const uint32_t lo = 0x0f0f0f0fu, hi = 0xf0f0f0f0u;
     for (int64_t s = 0; s < nb32; s++) {
         const uint8_t *b = row + s * bsz;
-        uint8_t q[32];
+        uint32_t w[8], o[8];
+        uint8_t *q = qs + s * qb + 4 * r;
         if (type == FL_Q8_0) {
-            for (int e = 0; e < 32; e++) q[e] = b[2 + e] ^ 0x80;
+            memcpy(w, b + 2, 32);
+            for (int g = 0; g < 8; g++) memcpy(q + 64 * g, &(uint32_t){w[g] ^ 0x80808080u}, 4);
         } else {
-            const uint8_t *n = b + (type == FL_Q4_0 ? 2 : 4);
-            for (int e = 0; e < 16; e++) { q[e] = n[e] & 0xf; q[e + 16] = n[e] >> 4; }
+            memcpy(w, b + (type == FL_Q4_0 ? 2 : 4), 16);
+            o[0] = (w[0] & lo) | (w[1] & lo) << 4;
+            o[1] = (w[2] & lo) | (w[3] & lo) << 4;
+            o[2] = (w[0] >> 4 & lo) | (w[1] & hi);
+            o[3] = (w[2] >> 4 & lo) | (w[3] & hi);
+            for (int h = 0; h < 4; h++) memcpy(q + 64 * h, &o[h], 4);
         }
-        uint8_t *o = qs + s * qb + 4 * r;
-        for (int g = 0; g < 8; g++)
-            for (int k = 0; k < 4; k++) {
-                if (type == FL_Q8_0) o[64 * g + k] = q[4 * g + k];
-                else if (g % 2 == 0) o[32 * g + k] = q[4 * g + k] | (uint8_t)(q[4 * g + 4 + k] << 4);
-            }
         memcpy(ss + s * sb + 2 * r, b, 2); /* d */
         if (type == FL_Q4_1) memcpy(ss + s * sb + 32 + 2 * r, b + 2, 2); /* m */
     }
