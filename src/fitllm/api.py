@@ -72,13 +72,17 @@ class Llama:
         else:
             self._model = load_model(self._file)
         budget = None if split or mmap_stream else _budget(memory_budget)
+        # a model that fits twice over is repacked beside the tokenizer's load
+        repacked = self._repack() if budget and self._model_bytes() * 2 < budget else None
         self._tok = GGUFTokenizer(self._file)
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         if budget:  # after what it holds besides the weights
             self._model = self._fit(budget, expert_cache, prefetch_experts)
-            if isinstance(self._model, DecoderModel) and os.environ.get("FITLLM_REPACK") != "0":
-                self._model.repack()  # all in memory: in this CPU's fastest layout
+            if repacked is None and isinstance(self._model, DecoderModel):
+                repacked = self._repack()
+        if repacked:
+            repacked()
         self._kv = self._model.new_cache(self._n_ctx)
         self.logits_all = logits_all
         self._seed, self._rng_ = None if seed == LLAMA_DEFAULT_SEED else seed, None
@@ -89,6 +93,16 @@ class Llama:
             log.info(
                 "loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer
             )
+
+    def _model_bytes(self) -> int:
+        from fitllm.plan import resident_bytes
+
+        return sum(t.nbytes for t in self._file.tensors.values()) + resident_bytes()
+
+    def _repack(self):
+        """The whole model in memory: its matrices in this CPU's fastest layout (FITLLM_REPACK=0: as
+        in the file); what to call to wait for the copy, or None."""
+        return self._model.repack() if os.environ.get("FITLLM_REPACK") != "0" else None
 
     def _fit(self, budget: int, policy: str, prefetch: bool):
         """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""

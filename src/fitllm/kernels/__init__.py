@@ -20,6 +20,7 @@ _ERRORS = {
     -3: "index out of range",
     -4: "out of memory",
     -5: "the experts could not be fetched",
+    -6: "read error",
 }
 
 
@@ -49,6 +50,7 @@ def _load() -> ctypes.CDLL:
     lib.fl_packed_bytes.argtypes = [i32, i64, i64]
     lib.fl_packed_bytes.restype = sz
     lib.fl_repack.argtypes = [i32, p, sz, i64, i64, p, sz, i32]
+    lib.fl_repack_file.argtypes = [i32, p, i64, i32]
     return lib
 
 
@@ -148,16 +150,30 @@ def packed_bytes(ggml_type: int, nrows: int, ncols: int) -> int:
     return _lib.fl_packed_bytes(ggml_type, nrows, ncols)
 
 
-def repack(ggml_type: int, w: np.ndarray, nrows: int, ncols: int, out: np.ndarray | None = None) -> np.ndarray | None:
-    """Rows of w (raw blocks) into their strips: out (packed_bytes of nrows rows), or a new array.
-    nrows may be a whole number of strips of a larger matrix, out the matching slice."""
+def repack(ggml_type: int, w: np.ndarray, nrows: int, ncols: int) -> np.ndarray | None:
+    """The matrix w (raw blocks) in strips, a new array; None where packed_bytes is 0."""
     size = packed_bytes(ggml_type, nrows, ncols)
     if not size:
         return None
-    out = aligned(size) if out is None else out
-    threads = len(os.sched_getaffinity(0))  # at load: every core, whatever the run will use
-    _check(_lib.fl_repack(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, out.nbytes, threads), "repack")
+    out = aligned(size)
+    _check(_lib.fl_repack(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, size, _threads), "repack")
     return out
+
+
+class RepackJob(ctypes.Structure):
+    """Mirror of fl_repack_job (csrc/repack.c): one matrix of a file into its strips."""
+
+    _fields_ = [(n, ctypes.c_int64) for n in ("type", "offset", "nrows", "ncols")] + [
+        ("dst", ctypes.c_void_p),
+        ("dst_bytes", ctypes.c_int64),
+    ]
+
+
+def repack_file(fd: int, jobs: list[tuple[int, int, int, int, np.ndarray]]) -> None:
+    """(type, file offset, nrows, ncols, destination) of each matrix: read and repacked in one
+    compiled call on every core, which other Python threads run beside."""
+    arr = (RepackJob * len(jobs))(*(RepackJob(t, off, r, c, d.ctypes.data, d.nbytes) for t, off, r, c, d in jobs))
+    _check(_lib.fl_repack_file(fd, arr, len(jobs), len(os.sched_getaffinity(0))), "repack")
 
 
 def matmul(

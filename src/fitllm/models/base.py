@@ -8,9 +8,11 @@ numpy: readable, slow, the reference the compiled path is tested against.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -103,31 +105,32 @@ class DecoderModel:
             lin = Linear(t, getattr(owner, attr + "_bias", None))
             setattr(owner, attr, lin)
 
-    def repack(self, chunk: int = 4 << 20) -> int:
+    def repack(self) -> Callable[[], None] | None:
         """Regroup the dense matrices in 16-row strips for this CPU's fastest kernels (AVX-512 VNNI;
-        llama.cpp repacks at load too) in one arena of anonymous memory, read from the file in
-        chunks (its pages are not mapped: resident memory stays the model's size). Before the
-        first forward; returns the bytes repacked."""
+        llama.cpp repacks at load too), in one arena of anonymous memory, read from the file (its
+        pages are not mapped: resident memory stays the model's size). The copy runs on a thread
+        (compiled: other Python work goes on beside it); call what this returns (None: nothing to
+        repack) before the first forward, to wait for it."""
         owners = [(self, "output")] + [(blk, n) for blk in self.blk for n in vars(blk)]
         todo = [(o, n, getattr(o, n)) for o, n in owners if isinstance(getattr(o, n), Linear) and n != "ffn_gate_inp"]
         todo = [(o, n, lin, kernels.packed_bytes(lin.weight.ggml_type, *lin.weight.shape)) for o, n, lin in todo]
         todo = [x for x in todo if x[3]]
-        room = kernels.arena(sum(-(-size // 64) * 64 for *_, size in todo))
-        stage, at = np.empty(chunk + (64 << 10), np.uint8), 0  # 64 KiB: 16 rows of a 1M-wide Q8_0
+        if not todo:
+            return None
+        room, at, jobs = kernels.arena(sum(-(-size // 64) * 64 for *_, size in todo)), 0, []
         for owner, name, lin, size in todo:
-            w = lin.weight
-            packed, strip, rb = room[at : at + size], size // -(-w.shape[0] // 16), w.nbytes // w.shape[0]
+            w, packed = lin.weight, room[at : at + size]
             at += -(-size // 64) * 64
-            rows = max(16, chunk // rb // 16 * 16)  # whole strips per read
-            for r in range(0, w.shape[0], rows):
-                n = min(rows, w.shape[0] - r)
-                data = self.file.read(w, r * rb, n * rb, stage)
-                kernels.repack(w.ggml_type, data, n, w.shape[1], packed[r // 16 * strip : (r + n + 15) // 16 * strip])
+            jobs.append((w.ggml_type, w.offset, *w.shape, packed))
             # a new Linear: a tied output shares its tensor with the embedding lookup
             setattr(owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias))
-        if todo:  # the embedding by reads: mapping its rows would add more of the file than they are
-            self.token_embd = FileRows(self.file, self.token_embd.weight)
-        return at
+        # the embedding by reads: mapping its rows would add more of the file than they are
+        self.token_embd = FileRows(self.file, self.token_embd.weight)
+        fd, pool = os.open(self.file.path, os.O_RDONLY), ThreadPoolExecutor(1)
+        done = pool.submit(kernels.repack_file, fd, jobs)
+        done.add_done_callback(lambda _: os.close(fd))
+        pool.shutdown(wait=False)
+        return done.result
 
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.hp.n_layer, n_ctx, self.hp.n_head_kv, self.hp.head_dim)

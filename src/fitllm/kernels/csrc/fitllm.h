@@ -13,7 +13,7 @@ enum {
 };
 
 /* error codes returned by the public functions */
-enum { FL_OK = 0, FL_EBADTYPE = -1, FL_ESIZE = -2, FL_EINDEX = -3, FL_ENOMEM = -4, FL_EFETCH = -5 };
+enum { FL_OK = 0, FL_EBADTYPE = -1, FL_ESIZE = -2, FL_EINDEX = -3, FL_ENOMEM = -4, FL_EFETCH = -5, FL_EIO = -6 };
 
 /* ISA levels, chosen at run time */
 enum { FL_ISA_PORTABLE = 0, FL_ISA_AVX2 = 1, FL_ISA_AVX512VNNI = 2 };

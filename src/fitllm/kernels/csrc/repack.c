@@ -7,6 +7,7 @@
  * columns]; rows past the matrix are zeros. The same bytes as the blocks, no more. */
 #include <omp.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include "fitllm.h"
 
 int fl_packable(int type) { return type == FL_Q4_0 || type == FL_Q4_1 || type == FL_Q8_0; }
@@ -57,4 +58,47 @@ int fl_repack(int type, const void *src, size_t src_bytes, int64_t nrows, int64_
             pack_row(type, (const uint8_t *)src + (16 * st + r) * rb, nb32, r, qs, ss);
     }
     return FL_OK;
+}
+
+/* One matrix of a file to repack: its blocks at `offset`, its strips into dst. */
+typedef struct {
+    int64_t type, offset, nrows, ncols;
+    void *dst;
+    int64_t dst_bytes;
+} fl_repack_job;
+
+/* Every job, the blocks read from fd in chunks of about 4 MiB (the file's pages are never mapped
+ * into the process): one call, so that Python can run beside it (ctypes drops the GIL). */
+int fl_repack_file(int fd, const fl_repack_job *jobs, int64_t njobs, int nthreads) {
+    uint8_t *stage = NULL;
+    size_t cap = 0;
+    int rc = FL_OK;
+    for (int64_t j = 0; j < njobs && rc == FL_OK; j++) {
+        const fl_repack_job *jb = &jobs[j];
+        const size_t rb = fl_row_bytes((int)jb->type, jb->ncols), need = fl_packed_bytes((int)jb->type, jb->nrows, jb->ncols);
+        if (!rb || !need) { rc = FL_EBADTYPE; break; }
+        if ((size_t)jb->dst_bytes < need || jb->offset < 0) { rc = FL_ESIZE; break; }
+        const size_t strip = need / (size_t)((jb->nrows + 15) / 16);
+        const int64_t rows = (int64_t)((4u << 20) / rb / 16 * 16) > 16 ? (int64_t)((4u << 20) / rb / 16 * 16) : 16;
+        if (cap < rows * rb) {
+            free(stage);
+            cap = rows * rb;
+            stage = malloc(cap);
+            if (!stage) { rc = FL_ENOMEM; break; }
+        }
+        for (int64_t r = 0; r < jb->nrows && rc == FL_OK; r += rows) {
+            const int64_t n = jb->nrows - r < rows ? jb->nrows - r : rows;
+            size_t got = 0;
+            while (got < n * rb) {
+                const ssize_t k = pread(fd, stage + got, n * rb - got, (off_t)(jb->offset + r * rb + got));
+                if (k <= 0) { rc = FL_EIO; break; }
+                got += (size_t)k;
+            }
+            if (rc == FL_OK)
+                rc = fl_repack((int)jb->type, stage, n * rb, n, jb->ncols, (uint8_t *)jb->dst + (r / 16) * strip,
+                               (size_t)jb->dst_bytes - (r / 16) * strip, nthreads);
+        }
+    }
+    free(stage);
+    return rc;
 }
