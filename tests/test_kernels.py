@@ -142,15 +142,17 @@ needs_vnni = pytest.mark.skipif(K.isa_supported() < 2, reason="repacked strips a
 
 
 @needs_vnni
-@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.Q4_K], ids=lambda t: t.name)
 def test_repacked_matrix_sums_as_the_blocks_strips(t):
     """A repacked matrix gives, for every batch size and thread count, the bits the blocks' own
     16-row strips give to batches of batch_min_tokens() or more (their arithmetic is the spec)."""
     rng = np.random.default_rng(11)
-    rows, cols = 37, 576  # a padded last strip; 18 groups of 32 (not a multiple of 64)
+    # a padded last strip; 18 groups of 32 (not a multiple of 64), or 3 K-quant blocks
+    rows, cols = 37, 768 if t == T.Q4_K else 576
     w = make_weights(t, rows, cols, rng)
     packed = K.repack(int(t), w, rows, cols)
-    assert packed is not None and packed.nbytes == 48 * w.nbytes // rows  # 3 strips of 16 rows
+    d_dmin = 48 * 4 * cols // 256 if t == T.Q4_K else 0  # Q4_K's fp16 d, dmin per strip row and block
+    assert packed is not None and packed.nbytes == 48 * w.nbytes // rows + d_dmin  # 3 strips of 16 rows
     x = rng.standard_normal((20, cols)).astype(np.float32)
     threads = K.get_threads()
     try:

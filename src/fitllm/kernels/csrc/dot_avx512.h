@@ -267,28 +267,51 @@ ALWAYS_INLINE int64_t strip_rows(const int type, const uint8_t *w, size_t rb, in
 
 /* Packed matrices (repack.c): strip_tile's arithmetic on a strip as stored, its quants split from
  * their nibbles in registers, so every token's sums are the blocks' strips' (of any batch size). */
-ALWAYS_INLINE void packed_tile(const int type, const int C, const uint8_t *qs, const uint8_t *ss, const fl_q8 *a,
-                               int64_t nb32, const int32_t *sa, float *y, int64_t ldy, __mmask16 rows) {
-    const int kq = int_offset(type), mins = type == FL_Q4_1, qb = FL_PACKED_QB(type), sb = FL_PACKED_SB(type);
+
+/* the 8 quant registers of group s, and its 16 scales (dw) and mins (mw, Q4_1 Q4_K) as blk_scales has them */
+ALWAYS_INLINE void packed_group(const int type, const uint8_t *qs, const uint8_t *ss, const uint8_t *bs, int64_t s,
+                                __m512i *wq, __m512 *dw, __m512 *mw) {
+    const uint8_t *q = qs + s * FL_PACKED_QB(type), *sc = ss + s * FL_PACKED_SB(type);
+    for (int l = 0; l < FL_PACKED_QB(type); l += 64) _mm_prefetch((const char *)(q + 8 * FL_PACKED_QB(type) + l), _MM_HINT_T0);
+    for (int h = 0; h < 4; h++) {
+        if (type == FL_Q8_0) {
+            wq[2 * h] = _mm512_loadu_si512(q + 128 * h);
+            wq[2 * h + 1] = _mm512_loadu_si512(q + 128 * h + 64);
+        } else {
+            const __m512i v = _mm512_loadu_si512(q + 64 * h), lo4 = _mm512_set1_epi8(0x0f);
+            wq[2 * h] = _mm512_and_si512(v, lo4);
+            wq[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+        }
+    }
+    if (type == FL_Q5_0)
+        for (int g = 0; g < 8; g++) {
+            uint64_t m;
+            memcpy(&m, q + 256 + 8 * g, 8);
+            wq[g] = _mm512_or_si512(wq[g], _mm512_maskz_mov_epi8(m, _mm512_set1_epi8(16)));
+        }
+    if (type == FL_Q4_K) {
+        const uint8_t *b = bs + (s / 8) * 64;
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)b));
+        const __m512i dmin = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + 32))));
+        const __m512 ndmin = _mm512_castsi512_ps(_mm512_xor_si512(dmin, _mm512_set1_epi32((int)0x80000000u)));
+        *dw = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)sc))));
+        *mw = _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(sc + 16)))));
+    } else {
+        *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
+        *mw = type == FL_Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 32))) : _mm512_setzero_ps();
+    }
+}
+
+ALWAYS_INLINE void packed_tile(const int type, const int C, const uint8_t *qs, const uint8_t *ss, const uint8_t *bs,
+                               const fl_q8 *a, int64_t nb32, const int32_t *sa, float *y, int64_t ldy, __mmask16 rows) {
+    const int kq = int_offset(type), mins = type == FL_Q4_1 || type == FL_Q4_K;
     const int J = C % 8 == 0 ? 8 : C % 4 ? 1 : 4; /* tokens whose 8-long vpdpbusd chains interleave */
-    const __m512i lo4 = _mm512_set1_epi8(0x0f);
     __m512 acc[8];
     for (int t = 0; t < C; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t s = 0; s < nb32; s++, qs += qb, ss += sb) {
-        for (int l = 0; l < qb; l += 64) _mm_prefetch((const char *)(qs + 8 * qb + l), _MM_HINT_T0);
+    for (int64_t s = 0; s < nb32; s++) {
         __m512i wq[8];
-        for (int h = 0; h < 4; h++) {
-            if (type == FL_Q8_0) {
-                wq[2 * h] = _mm512_loadu_si512(qs + 128 * h);
-                wq[2 * h + 1] = _mm512_loadu_si512(qs + 128 * h + 64);
-            } else {
-                const __m512i v = _mm512_loadu_si512(qs + 64 * h);
-                wq[2 * h] = _mm512_and_si512(v, lo4);
-                wq[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
-            }
-        }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)ss));
-        const __m512 mw = mins ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ss + 32))) : _mm512_setzero_ps();
+        __m512 dw, mw;
+        packed_group(type, qs, ss, bs, s, wq, &dw, &mw);
         for (int t = 0; t < C; t += J) {
             __m512i p[8];
             if (J == 1) { /* one token: four chains of two vpdpbusd (integer sums: the same bits) */
@@ -314,7 +337,7 @@ ALWAYS_INLINE void packed_tile(const int type, const int C, const uint8_t *qs, c
             for (int j = 0; j < J; j++) {
                 const fl_q8 *r = a + (t + j) * nb32 + s;
                 acc[t + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), _mm512_mul_ps(dw, _mm512_set1_ps(r->d)), acc[t + j]);
-                if (mins)
+                if (mins) /* times the token's d * sum(q), as its record holds it (Q8_1: fp16-rounded) */
                     acc[t + j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(r->s0 + r->s1), acc[t + j]);
             }
         }
@@ -324,15 +347,16 @@ ALWAYS_INLINE void packed_tile(const int type, const int C, const uint8_t *qs, c
 
 ALWAYS_INLINE void packed_rows(const int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa,
                                int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {
-    const size_t qbytes = (size_t)nb32 * FL_PACKED_QB(type), strip = qbytes + (size_t)nb32 * FL_PACKED_SB(type);
+    const size_t qbytes = (size_t)nb32 * FL_PACKED_QB(type), sbytes = (size_t)nb32 * FL_PACKED_SB(type);
+    const size_t strip = qbytes + sbytes + (size_t)(nb32 / 8) * FL_PACKED_BB(type);
     for (int64_t r = r0; r < r1; r += 16) {
         const int nr = r1 - r < 16 ? (int)(r1 - r) : 16;
         const __mmask16 m = (__mmask16)((1u << nr) - 1);
-        const uint8_t *qs = w + (size_t)(r / 16) * strip, *ss = qs + qbytes;
+        const uint8_t *qs = w + (size_t)(r / 16) * strip, *ss = qs + qbytes, *bs = ss + sbytes;
         int64_t t = 0;
-        for (; t + 8 <= T_; t += 8) packed_tile(type, 8, qs, ss, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
-        for (; t + 4 <= T_; t += 4) packed_tile(type, 4, qs, ss, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
-        for (; t < T_; t++) packed_tile(type, 1, qs, ss, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
+        for (; t + 8 <= T_; t += 8) packed_tile(type, 8, qs, ss, bs, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
+        for (; t + 4 <= T_; t += 4) packed_tile(type, 4, qs, ss, bs, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
+        for (; t < T_; t++) packed_tile(type, 1, qs, ss, bs, a + t * nb32, nb32, sa + t * nb32, y + t * ldy + r, ldy, m);
     }
 }
 
@@ -341,6 +365,8 @@ void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a,
     switch (type) {
     case FL_Q4_0: packed_rows(FL_Q4_0, w, nb32, a, sa, T, r0, r1, y, ldy); break;
     case FL_Q4_1: packed_rows(FL_Q4_1, w, nb32, a, sa, T, r0, r1, y, ldy); break;
+    case FL_Q5_0: packed_rows(FL_Q5_0, w, nb32, a, sa, T, r0, r1, y, ldy); break;
     case FL_Q8_0: packed_rows(FL_Q8_0, w, nb32, a, sa, T, r0, r1, y, ldy); break;
+    case FL_Q4_K: packed_rows(FL_Q4_K, w, nb32, a, sa, T, r0, r1, y, ldy); break;
     }
 }

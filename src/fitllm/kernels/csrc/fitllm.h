@@ -85,10 +85,12 @@ const void *fl_strip_sums(const fl_q8 *a, int64_t nb32, int64_t T);
 int fl_batch_min_tokens(void);
 
 /* Matrices repacked in 16-row strips (repack.c) for the AVX-512 VNNI strip products: their type is
- * the blocks' type | FL_PACKED. QB, SB: bytes of quants, of scales per 16 rows x 32 columns. */
+ * the blocks' type | FL_PACKED. QB, SB: bytes of quants, of scales per 16 rows x 32 columns; BB
+ * per 16 rows x 256 columns (Q4_K's d, dmin). */
 #define FL_PACKED 64
-#define FL_PACKED_QB(t) ((t) == FL_Q8_0 ? 512 : 256)
+#define FL_PACKED_QB(t) ((t) == FL_Q8_0 ? 512 : (t) == FL_Q5_0 ? 320 : 256)
 #define FL_PACKED_SB(t) ((t) == FL_Q4_1 ? 64 : 32)
+#define FL_PACKED_BB(t) ((t) == FL_Q4_K ? 64 : 0)
 int fl_packable(int type);
 size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols);
 /* rows [r0, r1) (r0 a multiple of 16) x T tokens of a packed matrix; sa: fl_strip_sums of a */
