@@ -80,7 +80,7 @@ class Llama:
         if budget:  # after what it holds besides the weights
             self._model = self._fit(budget, expert_cache, prefetch_experts)
             if repacked is None and isinstance(self._model, DecoderModel):
-                repacked = self._repack()
+                repacked = self._repack(len(os.sched_getaffinity(0)))
         if repacked:
             repacked()
         self._kv = self._model.new_cache(self._n_ctx)
@@ -99,10 +99,10 @@ class Llama:
 
         return sum(t.nbytes for t in self._file.tensors.values()) + resident_bytes()
 
-    def _repack(self):
+    def _repack(self, threads: int = 1):
         """The whole model in memory: its matrices in this CPU's fastest layout (FITLLM_REPACK=0: as
-        in the file); what to call to wait for the copy, or None."""
-        return self._model.repack() if os.environ.get("FITLLM_REPACK") != "0" else None
+        in the file); what to call to wait for the copy, or None. One thread beside the tokenizer."""
+        return self._model.repack(threads) if os.environ.get("FITLLM_REPACK") != "0" else None
 
     def _fit(self, budget: int, policy: str, prefetch: bool):
         """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""

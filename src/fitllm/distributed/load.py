@@ -11,9 +11,9 @@ import logging
 from fitllm.distributed.comm import Comm, DistributedError
 from fitllm.distributed.pipeline import PipelineModel
 from fitllm.distributed.tensor_parallel import TensorParallelModel
-from fitllm.models.layers import FileRows
 from fitllm.gguf import GGUFFile
 from fitllm.models import load_model
+from fitllm.models.layers import FileRows
 from fitllm.plan import (
     OVERHEAD,
     ModelShape,

@@ -203,7 +203,9 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: required tensor {name!r} is missing")
         return t
 
-    def read(self, t: Tensor, start: int = 0, n: int | None = None, buf: np.ndarray | None = None) -> np.ndarray:
+    def read(
+        self, t: Tensor, start: int = 0, n: int | None = None, buf: np.ndarray | None = None
+    ) -> np.ndarray:
         """Bytes [start, start + n) of a tensor's data, read from the file into a new array (or the
         front of buf, when it is large enough): what is read this way does not count in this
         process's resident memory, unlike touching the mmap."""

@@ -156,7 +156,10 @@ def repack(ggml_type: int, w: np.ndarray, nrows: int, ncols: int) -> np.ndarray 
     if not size:
         return None
     out = aligned(size)
-    _check(_lib.fl_repack(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, size, _threads), "repack")
+    _check(
+        _lib.fl_repack(ggml_type, w.ctypes.data, w.nbytes, nrows, ncols, out.ctypes.data, size, _threads),
+        "repack",
+    )
     return out
 
 
@@ -169,11 +172,13 @@ class RepackJob(ctypes.Structure):
     ]
 
 
-def repack_file(fd: int, jobs: list[tuple[int, int, int, int, np.ndarray]]) -> None:
+def repack_file(fd: int, jobs: list[tuple[int, int, int, int, np.ndarray]], threads: int = 1) -> None:
     """(type, file offset, nrows, ncols, destination) of each matrix: read and repacked in one
-    compiled call on every core, which other Python threads run beside."""
-    arr = (RepackJob * len(jobs))(*(RepackJob(t, off, r, c, d.ctypes.data, d.nbytes) for t, off, r, c, d in jobs))
-    _check(_lib.fl_repack_file(fd, arr, len(jobs), len(os.sched_getaffinity(0))), "repack")
+    compiled call on `threads` threads, which other Python threads run beside."""
+    arr = (RepackJob * len(jobs))(
+        *(RepackJob(t, off, r, c, d.ctypes.data, d.nbytes) for t, off, r, c, d in jobs)
+    )
+    _check(_lib.fl_repack_file(fd, arr, len(jobs), threads), "repack")
 
 
 def matmul(

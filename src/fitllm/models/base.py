@@ -105,15 +105,24 @@ class DecoderModel:
             lin = Linear(t, getattr(owner, attr + "_bias", None))
             setattr(owner, attr, lin)
 
-    def repack(self) -> Callable[[], None] | None:
-        """Regroup the dense matrices in 16-row strips for this CPU's fastest kernels (AVX-512 VNNI;
+    def repack(self, threads: int = 1) -> Callable[[], None] | None:
+        """Regroup the matrices in 16-row strips for this CPU's fastest kernels (AVX-512 VNNI;
         llama.cpp repacks at load too), in one arena of anonymous memory, read from the file (its
         pages are not mapped: resident memory stays the model's size). The copy runs on a thread
         (compiled: other Python work goes on beside it); call what this returns (None: nothing to
-        repack) before the first forward, to wait for it."""
+        repack) before the first forward, to wait for it. Mixtures of experts keep the file's
+        layout (the expert cache reads it, and streamed or not they give the same bits)."""
+        if self.hp.n_expert:
+            return None
         owners = [(self, "output")] + [(blk, n) for blk in self.blk for n in vars(blk)]
-        todo = [(o, n, getattr(o, n)) for o, n in owners if isinstance(getattr(o, n), Linear) and n != "ffn_gate_inp"]
-        todo = [(o, n, lin, kernels.packed_bytes(lin.weight.ggml_type, *lin.weight.shape)) for o, n, lin in todo]
+        todo = [
+            (o, n, getattr(o, n))
+            for o, n in owners
+            if isinstance(getattr(o, n), Linear) and n != "ffn_gate_inp"
+        ]
+        todo = [
+            (o, n, lin, kernels.packed_bytes(lin.weight.ggml_type, *lin.weight.shape)) for o, n, lin in todo
+        ]
         todo = [x for x in todo if x[3]]
         if not todo:
             return None
@@ -123,11 +132,13 @@ class DecoderModel:
             at += -(-size // 64) * 64
             jobs.append((w.ggml_type, w.offset, *w.shape, packed))
             # a new Linear: a tied output shares its tensor with the embedding lookup
-            setattr(owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias))
+            setattr(
+                owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias)
+            )
         # the embedding by reads: mapping its rows would add more of the file than they are
         self.token_embd = FileRows(self.file, self.token_embd.weight)
         fd, pool = os.open(self.file.path, os.O_RDONLY), ThreadPoolExecutor(1)
-        done = pool.submit(kernels.repack_file, fd, jobs)
+        done = pool.submit(kernels.repack_file, fd, jobs, threads)
         done.add_done_callback(lambda _: os.close(fd))
         pool.shutdown(wait=False)
         return done.result

@@ -25,55 +25,62 @@ size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols) {
     return (size_t)((nrows + 15) / 16) * strip_bytes(type, ncols);
 }
 
-/* The 32 quants of group s of a row (unsigned; Q8_0 offset by 128), its scale (and min) bytes. */
-static void group_quants(int type, const uint8_t *row, int64_t s, uint8_t *q) {
-    const uint8_t *b = row + (s * 32 / FL_TYPES[type].blck) * FL_TYPES[type].size;
-    switch (type) {
-    case FL_Q8_0: for (int e = 0; e < 32; e++) q[e] = b[2 + e] ^ 0x80; break;
-    case FL_Q4_0: case FL_Q4_1: case FL_Q5_0: {
-        const uint8_t *n = b + (type == FL_Q4_1 ? 4 : type == FL_Q5_0 ? 6 : 2);
-        for (int e = 0; e < 16; e++) { q[e] = n[e] & 0xf; q[e + 16] = n[e] >> 4; }
-    } break;
-    case FL_Q4_K: {
-        const int c = (int)(s % 8);
-        for (int e = 0; e < 32; e++) q[e] = (b[16 + 32 * (c / 2) + e] >> (4 * (c % 2))) & 0xf;
-    } break;
+/* Group s (32 columns) of a 4-bit row as 16 bytes, byte j = element j | element j + 16 << 4 (the
+ * Q4_0 order), in four words */
+static void group_nibbles(int type, const uint8_t *b, int64_t s, uint32_t *n) {
+    const uint32_t lo = 0x0f0f0f0fu;
+    if (type == FL_Q4_K) { /* chunk c of the block: low (even c) or high (odd) nibbles of 32 bytes */
+        const int c = (int)(s % 8), sh = 4 * (c % 2);
+        uint32_t w[8];
+        memcpy(w, b + 16 + 32 * (c / 2), 32);
+        for (int i = 0; i < 4; i++) n[i] = (w[i] >> sh & lo) | (w[i + 4] >> sh & lo) << 4;
+    } else {
+        memcpy(n, b + (type == FL_Q4_1 ? 4 : type == FL_Q5_0 ? 6 : 2), 16);
     }
 }
 
-/* Strip rows [0, nr) from `rows` (row bytes rb) into qs | ss | bs */
+/* Strip rows [0, nr) from `rows` (row bytes rb) into its quants | scales | per-block parts, four
+ * bytes at a time: the strip's byte 4r + k of register pair h holds elements 8h + k (low nibble)
+ * and 8h + 4 + k (high) of row r */
 static void pack_strip(int type, const uint8_t *rows, size_t rb, int nr, int64_t nb32, uint8_t *out) {
     const int qb = FL_PACKED_QB(type), sb = FL_PACKED_SB(type);
+    const uint32_t lo = 0x0f0f0f0fu, hi = 0xf0f0f0f0u;
     uint8_t *ss = out + nb32 * qb, *bs = ss + nb32 * sb;
     for (int64_t s = 0; s < nb32; s++) {
-        uint8_t *o = out + s * qb;
+        uint8_t *o = out + s * qb, *sc = ss + s * sb;
         uint64_t hb[8] = {0};
         for (int r = 0; r < nr; r++) {
-            const uint8_t *row = rows + r * rb, *b = row + (s * 32 / FL_TYPES[type].blck) * FL_TYPES[type].size;
-            uint8_t q[32];
-            group_quants(type, row, s, q);
-            for (int g = 0; g < 8; g++)
-                for (int k = 0; k < 4; k++) {
-                    if (type == FL_Q8_0) o[64 * g + 4 * r + k] = q[4 * g + k];
-                    else if (g % 2 == 0) o[32 * g + 4 * r + k] = q[4 * g + k] | (uint8_t)(q[4 * g + 4 + k] << 4);
-                }
+            const uint8_t *b = rows + r * rb + (s * 32 / FL_TYPES[type].blck) * FL_TYPES[type].size;
+            uint32_t w[8];
+            if (type == FL_Q8_0) {
+                memcpy(w, b + 2, 32);
+                for (int g = 0; g < 8; g++) w[g] ^= 0x80808080u;
+                for (int g = 0; g < 8; g++) memcpy(o + 64 * g + 4 * r, &w[g], 4);
+            } else {
+                group_nibbles(type, b, s, w + 4);
+                w[0] = (w[4] & lo) | (w[5] & lo) << 4;
+                w[1] = (w[6] & lo) | (w[7] & lo) << 4;
+                w[2] = (w[4] >> 4 & lo) | (w[5] & hi);
+                w[3] = (w[6] >> 4 & lo) | (w[7] & hi);
+                for (int h = 0; h < 4; h++) memcpy(o + 64 * h + 4 * r, &w[h], 4);
+            }
             if (type == FL_Q5_0) {
                 uint32_t h;
                 memcpy(&h, b + 2, 4);
                 for (int g = 0; g < 8; g++) hb[g] |= (uint64_t)((h >> (4 * g)) & 0xf) << (4 * r);
             }
             if (type == FL_Q4_K) {
-                uint8_t sc[8], mn[8];
-                fl_k4_scales(b + 4, sc, mn);
-                ss[s * sb + r] = sc[s % 8];
-                ss[s * sb + 16 + r] = mn[s % 8];
+                uint8_t sv[8], mv[8];
+                fl_k4_scales(b + 4, sv, mv);
+                sc[r] = sv[s % 8];
+                sc[16 + r] = mv[s % 8];
                 if (s % 8 == 0) {
                     memcpy(bs + (s / 8) * 64 + 2 * r, b, 2);          /* d */
                     memcpy(bs + (s / 8) * 64 + 32 + 2 * r, b + 2, 2); /* dmin */
                 }
             } else {
-                memcpy(ss + s * sb + 2 * r, b, 2); /* d */
-                if (type == FL_Q4_1) memcpy(ss + s * sb + 32 + 2 * r, b + 2, 2); /* m */
+                memcpy(sc + 2 * r, b, 2); /* d */
+                if (type == FL_Q4_1) memcpy(sc + 32 + 2 * r, b + 2, 2); /* m */
             }
         }
         if (type == FL_Q5_0) memcpy(o + 256, hb, 64);
