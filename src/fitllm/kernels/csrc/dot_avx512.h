@@ -272,7 +272,8 @@ ALWAYS_INLINE int64_t strip_rows(const int type, const uint8_t *w, size_t rb, in
 ALWAYS_INLINE void packed_group(const int type, const uint8_t *qs, const uint8_t *ss, const uint8_t *bs, int64_t s,
                                 __m512i *wq, __m512 *dw, __m512 *mw) {
     const uint8_t *q = qs + s * FL_PACKED_QB(type), *sc = ss + s * FL_PACKED_SB(type);
-    for (int l = 0; l < FL_PACKED_QB(type); l += 64) _mm_prefetch((const char *)(q + 8192 + l), _MM_HINT_T0);
+    /* 4 KiB ahead (one thread reads ~30 GB/s; 2 KiB: SmolLM2 Q4_0 decode 196 instead of 224 tok/s) */
+    for (int l = 0; l < FL_PACKED_QB(type); l += 64) _mm_prefetch((const char *)(q + 4096 + l), _MM_HINT_T0);
     for (int h = 0; h < 4; h++) {
         if (type == FL_Q8_0) {
             wq[2 * h] = _mm512_loadu_si512(q + 128 * h);
