@@ -1,5 +1,7 @@
 """The llama-cpp-python-shaped API on the real SmolLM2 model."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -80,9 +82,11 @@ def test_prompt_too_long(smollm2_path):
 
 
 @pytest.mark.skipif(K.isa_supported() < 2, reason="weights are repacked for the AVX-512 VNNI kernels only")
-def test_repacked_weights_decode_as_prompt_batches(smollm2_path, monkeypatch):
+def test_repacked_weights_decode_as_prompt_batches(smollm2_path, tmp_path, monkeypatch):
     # repacked (the default here), a token's logits are the same bits one by one as in a prompt
-    # batch, and those of the file's own blocks in batches of batch_min_tokens() or more
+    # batch, and those of the file's own blocks in batches of batch_min_tokens() or more; a second
+    # load maps the strips the first one cached
+    monkeypatch.setenv("FITLLM_CACHE", str(tmp_path))
     toks = list(range(300, 312))  # 12 tokens: one batch over the strips' threshold
     llm = Llama(model_path=smollm2_path, n_ctx=32, logits_all=True, verbose=False)
     assert llm._model.output.weight.ggml_type & K.PACKED  # the tied output too, as its own copy
@@ -93,6 +97,20 @@ def test_repacked_weights_decode_as_prompt_batches(smollm2_path, monkeypatch):
     for t in toks:
         llm.eval([t])
     assert np.array_equal(llm.scores[: len(toks)], batch)
+    for _ in range(100):  # the cache is written after the copy, beside the model's use
+        if list(tmp_path.glob("packed/*.bin")):
+            break
+        time.sleep(0.05)
+    (cached,) = tmp_path.glob("packed/*.bin")
+    again = Llama(model_path=smollm2_path, n_ctx=32, logits_all=True, verbose=False)
+    assert isinstance(again._model.output.weight.data, np.memmap)  # mapped, not copied
+    again.eval(toks)
+    assert np.array_equal(again.scores[: len(toks)], batch)
+    del again  # it maps the entry
+    cached.write_bytes(b"short")  # a damaged entry is made again
+    assert not isinstance(
+        Llama(model_path=smollm2_path, n_ctx=32, verbose=False)._model.output.weight.data, np.memmap
+    )
     monkeypatch.setenv("FITLLM_REPACK", "0")
     blocks = Llama(model_path=smollm2_path, n_ctx=32, logits_all=True, verbose=False)
     blocks.eval(toks)

@@ -102,7 +102,9 @@ class Llama:
     def _repack(self, threads: int = 1):
         """The whole model in memory: its matrices in this CPU's fastest layout (FITLLM_REPACK=0: as
         in the file); what to call to wait for the copy, or None. One thread beside the tokenizer."""
-        return self._model.repack(threads) if os.environ.get("FITLLM_REPACK") != "0" else None
+        from fitllm.models.repack import repack
+
+        return repack(self._model, threads) if os.environ.get("FITLLM_REPACK") != "0" else None
 
     def _fit(self, budget: int, policy: str, prefetch: bool):
         """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""

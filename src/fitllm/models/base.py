@@ -8,18 +8,16 @@ numpy: readable, slow, the reference the compiled path is tested against.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from fitllm import kernels
-from fitllm.gguf import GGUFError, GGUFFile, Tensor
+from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.kv_cache import KVCache
-from fitllm.models.layers import FileRows, Linear
+from fitllm.models.layers import Linear
 from fitllm.models.moe import Experts, moe_ffn
 
 
@@ -104,44 +102,6 @@ class DecoderModel:
         else:
             lin = Linear(t, getattr(owner, attr + "_bias", None))
             setattr(owner, attr, lin)
-
-    def repack(self, threads: int = 1) -> Callable[[], None] | None:
-        """Regroup the matrices in 16-row strips for this CPU's fastest kernels (AVX-512 VNNI;
-        llama.cpp repacks at load too), in one arena of anonymous memory, read from the file (its
-        pages are not mapped: resident memory stays the model's size). The copy runs on a thread
-        (compiled: other Python work goes on beside it); call what this returns (None: nothing to
-        repack) before the first forward, to wait for it. Mixtures of experts keep the file's
-        layout (the expert cache reads it, and streamed or not they give the same bits)."""
-        if self.hp.n_expert:
-            return None
-        owners = [(self, "output")] + [(blk, n) for blk in self.blk for n in vars(blk)]
-        todo = [
-            (o, n, getattr(o, n))
-            for o, n in owners
-            if isinstance(getattr(o, n), Linear) and n != "ffn_gate_inp"
-        ]
-        todo = [
-            (o, n, lin, kernels.packed_bytes(lin.weight.ggml_type, *lin.weight.shape)) for o, n, lin in todo
-        ]
-        todo = [x for x in todo if x[3]]
-        if not todo:
-            return None
-        room, at, jobs = kernels.arena(sum(-(-size // 64) * 64 for *_, size in todo)), 0, []
-        for owner, name, lin, size in todo:
-            w, packed = lin.weight, room[at : at + size]
-            at += -(-size // 64) * 64
-            jobs.append((w.ggml_type, w.offset, *w.shape, packed))
-            # a new Linear: a tied output shares its tensor with the embedding lookup
-            setattr(
-                owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias)
-            )
-        # the embedding by reads: mapping its rows would add more of the file than they are
-        self.token_embd = FileRows(self.file, self.token_embd.weight)
-        fd, pool = os.open(self.file.path, os.O_RDONLY), ThreadPoolExecutor(1)
-        done = pool.submit(kernels.repack_file, fd, jobs, threads)
-        done.add_done_callback(lambda _: os.close(fd))
-        pool.shutdown(wait=False)
-        return done.result
 
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.hp.n_layer, n_ctx, self.hp.n_head_kv, self.hp.head_dim)

@@ -73,11 +73,13 @@ static const mm_f_fn MM_F[] = {fl_mm_f_portable, fl_mm_f_avx2, fl_mm_f_vnni};
 static const fl_scores_f16_fn SCORES_F16[] = {fl_scores_f16_portable, fl_scores_f16_avx2, fl_scores_f16_vnni};
 static const fl_pv_f16_fn PV_F16[] = {fl_pv_f16_portable, fl_pv_f16_avx2, fl_pv_f16_vnni};
 static const fl_softmax_fn SOFTMAX[] = {fl_softmax_portable, fl_softmax_avx2, fl_softmax_vnni};
+static const fl_swiglu_fn SWIGLU[] = {fl_swiglu_portable, fl_swiglu_avx2, fl_swiglu_vnni};
 
 /* the attention kernels of the current ISA, fetched once per step */
 fl_scores_f16_fn fl_scores_f16_kernel(void) { return SCORES_F16[fl_get_isa()]; }
 fl_pv_f16_fn fl_pv_f16_kernel(void) { return PV_F16[fl_get_isa()]; }
 fl_softmax_fn fl_softmax_kernel(void) { return SOFTMAX[fl_get_isa()]; }
+fl_swiglu_fn fl_swiglu_kernel(void) { return SWIGLU[fl_get_isa()]; }
 
 /* Rows of activations [ith-th share of T] in the kind a weight type wants. Inside a parallel region. */
 void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth) {

@@ -107,6 +107,7 @@ void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a,
     void fl_scores_f16_##sfx(const float *q, const uint16_t *k, int64_t stride, int64_t n, int64_t hd,    \
                              float *s);                                                           \
     void fl_softmax_##sfx(float *s, int64_t n, float scale, float cap, float capscale);         \
+    void fl_swiglu_##sfx(float *gate, const float *up, int64_t n);                               \
     void fl_pv_f16_##sfx(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
 FL_DECLARE_ISA(portable)
 FL_DECLARE_ISA(avx2)
@@ -186,6 +187,9 @@ typedef void (*fl_scores_f16_fn)(const float *q, const uint16_t *k, int64_t stri
                                  float *s);
 typedef void (*fl_softmax_fn)(float *s, int64_t n, float scale, float cap, float capscale);
 fl_softmax_fn fl_softmax_kernel(void);
+/* gate <- silu(gate) * up */
+typedef void (*fl_swiglu_fn)(float *gate, const float *up, int64_t n);
+fl_swiglu_fn fl_swiglu_kernel(void);
 typedef void (*fl_pv_f16_fn)(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
 fl_scores_f16_fn fl_scores_f16_kernel(void);
 fl_pv_f16_fn fl_pv_f16_kernel(void);

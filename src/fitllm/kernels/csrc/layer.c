@@ -262,10 +262,10 @@ static void ffn(const fl_layer *L, const fl_mat *gate, const fl_mat *up, const f
     mm(up, acts[1], T, w->up, ith, nth);
 #pragma omp barrier
     const int64_t n = T * L->n_ff, per = (n + nth - 1) / nth, a = ith * per, b = a + per < n ? a + per : n;
-    for (int64_t j = a; j < b; j++) {
-        const float g = w->gate[j];
-        w->gate[j] = (L->act_gelu ? gelu(g) : g / (1.0f + expf(-g))) * w->up[j];
-    }
+    if (L->act_gelu)
+        for (int64_t j = a; j < b; j++) w->gate[j] = gelu(w->gate[j]) * w->up[j];
+    else if (b > a)
+        fl_swiglu_kernel()(w->gate + a, w->up + a, b - a);
 #pragma omp barrier
     const fl_mat *dn[1] = {down};
     prepare(dn, 1, w->gate, T, L->n_ff, w, acts, ith, nth);

@@ -1,0 +1,102 @@
+"""A dense model's matrices regrouped in 16-row strips for the AVX-512 VNNI kernels (csrc/repack.c),
+as llama.cpp repacks its weights at load. The strips of a file are kept in the cache (up to
+CACHE_MAX bytes of them, in FITLLM_CACHE/packed): a later load maps them as it maps the model,
+with no copy and no fresh memory to fill. Mixtures of experts keep the file's layout (the expert
+cache reads it; streamed or not, they give the same bits)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fitllm import kernels
+from fitllm.gguf import Tensor
+from fitllm.models.base import DecoderModel
+from fitllm.models.layers import FileRows, Linear
+from fitllm.tokenizer import cache_dir
+
+log = logging.getLogger(__name__)
+LAYOUT = b"strips-1"  # changes with the layout of csrc/repack.c
+CACHE_MAX = 4 << 30
+
+
+def _matrices(model: DecoderModel) -> list[tuple[object, str, Linear, int]]:
+    """(owner, attribute, Linear, packed bytes) of every matrix with a strip kernel."""
+    out = []
+    for owner in [model, *model.blk]:
+        for name, lin in list(vars(owner).items()):
+            if isinstance(lin, Linear) and name != "token_embd":  # the embedding: rows, by reads
+                size = kernels.packed_bytes(lin.weight.ggml_type, *lin.weight.shape)
+                out += [(owner, name, lin, size)] if size else []
+    return out
+
+
+def _cache_path(model: DecoderModel) -> Path:
+    st = os.stat(model.file.path)
+    h = hashlib.sha256(LAYOUT + f"|{model.file.header_hash()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return cache_dir() / "packed" / f"{h.hexdigest()[:32]}.bin"
+
+
+def _save(room: np.ndarray, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(memoryview(room))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.info("repacked weights not cached: %s", e)
+        tmp.unlink(missing_ok=True)
+
+
+def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
+    """Point the model's matrices at their strips: mapped from the cache, or copied from the file
+    into anonymous memory (its pages never mapped: resident memory stays the model's size) on a
+    thread, compiled (other Python work goes on beside it). Returns what to call before the first
+    forward to wait for the copy (then saved to the cache), or None when there is nothing to wait for."""
+    todo = [] if model.hp.n_expert else _matrices(model)
+    if not todo:
+        return None
+    ends = np.cumsum([0] + [-(-size // 64) * 64 for *_, size in todo]).tolist()  # 64-byte aligned
+    path = _cache_path(model)
+    cached = path.is_file() and path.stat().st_size == ends[-1]
+    room = np.memmap(path, np.uint8, "r") if cached else kernels.arena(ends[-1])
+    jobs = []
+    for (owner, name, lin, size), at in zip(todo, ends):
+        w, packed = lin.weight, room[at : at + size]
+        jobs.append((w.ggml_type, w.offset, *w.shape, packed))
+        # a new Linear: a tied output shares its tensor with the embedding lookup
+        setattr(owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias))
+    # the embedding by reads: mapping its rows would add more of the file than they are
+    model.token_embd = FileRows(model.file, model.file.tensor("token_embd.weight"))
+    if cached:
+        return None
+    done, failed = threading.Event(), []
+
+    def copy() -> None:
+        try:
+            fd = os.open(model.file.path, os.O_RDONLY)
+            try:
+                kernels.repack_file(fd, jobs, threads)
+            finally:
+                os.close(fd)
+        except BaseException as e:  # raised by the waiter
+            failed.append(e)
+        done.set()
+        if not failed and ends[-1] <= CACHE_MAX:
+            _save(room, path)
+
+    threading.Thread(target=copy, name="fitllm-repack").start()
+
+    def wait() -> None:
+        done.wait()
+        if failed:
+            raise failed[0]
+
+    return wait
