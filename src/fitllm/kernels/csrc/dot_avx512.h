@@ -202,20 +202,28 @@ ALWAYS_INLINE void strip_pack(const int type, const uint8_t *w, size_t rb, int64
     }
 }
 
-/* 16 rows x C tokens over the nb32 blocks of the packed strip */
-ALWAYS_INLINE void strip_tile(const int type, const int C, const uint8_t *sp, const fl_q8 *a, int64_t nb32,
-                              const int32_t *sa, float *y, int64_t ldy, __mmask16 rows) {
+/* Group s (32 columns) of a strip for C tokens into acc: 16 rows' quants in wq (register g: 4
+ * of each row), their scales dw and mins mw; the integer products exact (one token: four chains
+ * of two vpdpbusd, the same sums), then one FMA per token, and one for the mins (Q4_1 Q5_1 Q4_K
+ * Q5_K: times the token's d * sum(q), as its record holds it; Q8_1: fp16-rounded). */
+ALWAYS_INLINE void strip_group(const int type, const int C, const __m512i *wq, __m512 dw, __m512 mw, const fl_q8 *a,
+                               int64_t nb32, const int32_t *sa, int64_t s, __m512 *acc) {
     const int kq = int_offset(type), mins = kq == 0;
     const int J = C % 8 == 0 ? 8 : C % 4 ? 1 : 4; /* tokens whose 8-long vpdpbusd chains interleave */
-    __m512 acc[16];
-    for (int t = 0; t < C; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t s = 0; s < nb32; s++, sp += STRIP_SUB) {
-        __m512i wq[8];
-        for (int g = 0; g < 8; g++) wq[g] = _mm512_load_si512(sp + 64 * g);
-        const __m512 dw = _mm512_load_ps((const float *)(sp + 8 * 64));
-        const __m512 mw = mins ? _mm512_load_ps((const float *)(sp + 8 * 64 + 64)) : _mm512_setzero_ps();
-        for (int t = 0; t < C; t += J) {
-            __m512i p[8];
+    for (int t = 0; t < C; t += J) {
+        __m512i p[8];
+        if (J == 1) {
+            const int8_t *q = a[t * nb32 + s].q;
+            for (int c = 0; c < 4; c++) {
+                int32_t q0, q1;
+                memcpy(&q0, q + 8 * c, 4);
+                memcpy(&q1, q + 8 * c + 4, 4);
+                p[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[2 * c], _mm512_set1_epi32(q0));
+                p[c] = _mm512_dpbusd_epi32(p[c], wq[2 * c + 1], _mm512_set1_epi32(q1));
+            }
+            p[0] = _mm512_add_epi32(_mm512_add_epi32(p[0], p[1]), _mm512_add_epi32(p[2], p[3]));
+            p[0] = _mm512_add_epi32(p[0], _mm512_set1_epi32(-kq * sa[t * nb32 + s]));
+        } else {
             for (int j = 0; j < J; j++) p[j] = _mm512_set1_epi32(-kq * sa[(t + j) * nb32 + s]);
             for (int g = 0; g < 8; g++)
                 for (int j = 0; j < J; j++) {
@@ -223,13 +231,27 @@ ALWAYS_INLINE void strip_tile(const int type, const int C, const uint8_t *sp, co
                     memcpy(&q4, a[(t + j) * nb32 + s].q + 4 * g, 4);
                     p[j] = _mm512_dpbusd_epi32(p[j], wq[g], _mm512_set1_epi32(q4));
                 }
-            for (int j = 0; j < J; j++) {
-                const fl_q8 *r = a + (t + j) * nb32 + s;
-                acc[t + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), _mm512_mul_ps(dw, _mm512_set1_ps(r->d)), acc[t + j]);
-                if (mins) /* times the token's d * sum(q), as its record holds it (Q8_1: fp16-rounded) */
-                    acc[t + j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(r->s0 + r->s1), acc[t + j]);
-            }
         }
+        for (int j = 0; j < J; j++) {
+            const fl_q8 *r = a + (t + j) * nb32 + s;
+            acc[t + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), _mm512_mul_ps(dw, _mm512_set1_ps(r->d)), acc[t + j]);
+            if (mins) acc[t + j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(r->s0 + r->s1), acc[t + j]);
+        }
+    }
+}
+
+/* 16 rows x C tokens over the nb32 blocks of the packed strip */
+ALWAYS_INLINE void strip_tile(const int type, const int C, const uint8_t *sp, const fl_q8 *a, int64_t nb32,
+                              const int32_t *sa, float *y, int64_t ldy, __mmask16 rows) {
+    const int mins = int_offset(type) == 0;
+    __m512 acc[16];
+    for (int t = 0; t < C; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < nb32; s++, sp += STRIP_SUB) {
+        __m512i wq[8];
+        for (int g = 0; g < 8; g++) wq[g] = _mm512_load_si512(sp + 64 * g);
+        const __m512 dw = _mm512_load_ps((const float *)(sp + 8 * 64));
+        const __m512 mw = mins ? _mm512_load_ps((const float *)(sp + 8 * 64 + 64)) : _mm512_setzero_ps();
+        strip_group(type, C, wq, dw, mw, a, nb32, sa, s, acc);
     }
     for (int t = 0; t < C; t++) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
 }
@@ -305,43 +327,13 @@ ALWAYS_INLINE void packed_group(const int type, const uint8_t *qs, const uint8_t
 
 ALWAYS_INLINE void packed_tile(const int type, const int C, const uint8_t *qs, const uint8_t *ss, const uint8_t *bs,
                                const fl_q8 *a, int64_t nb32, const int32_t *sa, float *y, int64_t ldy, __mmask16 rows) {
-    const int kq = int_offset(type), mins = type == FL_Q4_1 || type == FL_Q4_K;
-    const int J = C % 8 == 0 ? 8 : C % 4 ? 1 : 4; /* tokens whose 8-long vpdpbusd chains interleave */
     __m512 acc[8];
     for (int t = 0; t < C; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t s = 0; s < nb32; s++) {
         __m512i wq[8];
         __m512 dw, mw;
         packed_group(type, qs, ss, bs, s, wq, &dw, &mw);
-        for (int t = 0; t < C; t += J) {
-            __m512i p[8];
-            if (J == 1) { /* one token: four chains of two vpdpbusd (integer sums: the same bits) */
-                const int8_t *q = a[t * nb32 + s].q;
-                for (int c = 0; c < 4; c++) {
-                    int32_t q0, q1;
-                    memcpy(&q0, q + 8 * c, 4);
-                    memcpy(&q1, q + 8 * c + 4, 4);
-                    p[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[2 * c], _mm512_set1_epi32(q0));
-                    p[c] = _mm512_dpbusd_epi32(p[c], wq[2 * c + 1], _mm512_set1_epi32(q1));
-                }
-                p[0] = _mm512_add_epi32(_mm512_add_epi32(p[0], p[1]), _mm512_add_epi32(p[2], p[3]));
-                p[0] = _mm512_add_epi32(p[0], _mm512_set1_epi32(-kq * sa[t * nb32 + s]));
-            } else {
-                for (int j = 0; j < J; j++) p[j] = _mm512_set1_epi32(-kq * sa[(t + j) * nb32 + s]);
-                for (int g = 0; g < 8; g++)
-                    for (int j = 0; j < J; j++) {
-                        int32_t q4;
-                        memcpy(&q4, a[(t + j) * nb32 + s].q + 4 * g, 4);
-                        p[j] = _mm512_dpbusd_epi32(p[j], wq[g], _mm512_set1_epi32(q4));
-                    }
-            }
-            for (int j = 0; j < J; j++) {
-                const fl_q8 *r = a + (t + j) * nb32 + s;
-                acc[t + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), _mm512_mul_ps(dw, _mm512_set1_ps(r->d)), acc[t + j]);
-                if (mins) /* times the token's d * sum(q), as its record holds it (Q8_1: fp16-rounded) */
-                    acc[t + j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(r->s0 + r->s1), acc[t + j]);
-            }
-        }
+        strip_group(type, C, wq, dw, mw, a, nb32, sa, s, acc);
     }
     for (int t = 0; t < C; t++) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
 }
