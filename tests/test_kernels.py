@@ -173,3 +173,11 @@ def test_repack_declines_what_it_has_no_kernel_for():
     assert K.repack(int(T.Q4_0), make_weights(T.Q4_0, 16, 64, rng), 16, 64) is None
     with pytest.raises(ValueError, match="unsupported"):  # a packed type whose width is not whole groups
         K.matmul(int(T.Q4_0) | K.PACKED, np.zeros(1024, np.uint8), 16, 48, np.ones((1, 48), np.float32))
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=lambda i: K.ISA_NAMES[i])
+def test_read_sum_reads_every_word(isa):
+    K.set_isa(isa)
+    words = np.random.default_rng(5).integers(0, 2**63, 4096, dtype=np.uint64)  # 32 KiB: whole runs
+    for threads in (1, 2):
+        assert K.read_sum(words.view(np.uint8), threads) == int(words.sum(dtype=np.uint64))

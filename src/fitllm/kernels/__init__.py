@@ -51,6 +51,8 @@ def _load() -> ctypes.CDLL:
     lib.fl_packed_bytes.restype = sz
     lib.fl_repack.argtypes = [i32, p, sz, i64, i64, p, sz, i32]
     lib.fl_repack_file.argtypes = [i32, p, i64, i32]
+    lib.fl_read_sum.argtypes = [p, sz, i32]
+    lib.fl_read_sum.restype = ctypes.c_uint64
     return lib
 
 
@@ -123,6 +125,13 @@ def gguf_strings(
 
 def row_bytes(ggml_type: int, ncols: int) -> int:
     return _lib.fl_row_bytes(ggml_type, ncols)
+
+
+def read_sum(buf: np.ndarray, threads: int | None = None) -> int:
+    """The sum (mod 2**64) of buf's 64-bit words, read by `threads` threads, each a whole number of
+    128-byte runs of its share (a tail of under 128 * threads bytes is left): its cost is the
+    memory read speed."""
+    return _lib.fl_read_sum(buf.ctypes.data, buf.nbytes, threads or _threads)
 
 
 PACKED = 64  # type flag of a matrix repacked in 16-row strips (csrc/repack.c)

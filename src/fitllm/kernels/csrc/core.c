@@ -74,6 +74,21 @@ static const fl_scores_f16_fn SCORES_F16[] = {fl_scores_f16_portable, fl_scores_
 static const fl_pv_f16_fn PV_F16[] = {fl_pv_f16_portable, fl_pv_f16_avx2, fl_pv_f16_vnni};
 static const fl_softmax_fn SOFTMAX[] = {fl_softmax_portable, fl_softmax_avx2, fl_softmax_vnni};
 static const fl_swiglu_fn SWIGLU[] = {fl_swiglu_portable, fl_swiglu_avx2, fl_swiglu_vnni};
+typedef uint64_t (*read_sum_fn)(const uint8_t *, size_t);
+static const read_sum_fn READ_SUM[] = {fl_read_sum_portable, fl_read_sum_avx2, fl_read_sum_vnni};
+
+/* n bytes of buf read by nthreads threads, each its share: the machine's memory read speed
+ * (`fitllm bench`'s decode ceiling); returns their sum, so that the reads are not dropped */
+uint64_t fl_read_sum(const uint8_t *buf, size_t n, int nthreads) {
+    uint64_t total = 0;
+    const read_sum_fn f = READ_SUM[fl_get_isa()];
+#pragma omp parallel num_threads(nthreads) reduction(+ : total)
+    {
+        const size_t per = n / (size_t)omp_get_num_threads() / 128 * 128, a = per * (size_t)omp_get_thread_num();
+        total += f(buf + a, per);
+    }
+    return total;
+}
 
 /* the attention kernels of the current ISA, fetched once per step */
 fl_scores_f16_fn fl_scores_f16_kernel(void) { return SCORES_F16[fl_get_isa()]; }

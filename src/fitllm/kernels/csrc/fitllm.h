@@ -108,6 +108,7 @@ void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a,
                              float *s);                                                           \
     void fl_softmax_##sfx(float *s, int64_t n, float scale, float cap, float capscale);         \
     void fl_swiglu_##sfx(float *gate, const float *up, int64_t n);                               \
+    uint64_t fl_read_sum_##sfx(const uint8_t *p, size_t n);                                     \
     void fl_pv_f16_##sfx(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
 FL_DECLARE_ISA(portable)
 FL_DECLARE_ISA(avx2)
