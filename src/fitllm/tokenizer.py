@@ -132,6 +132,16 @@ def spm_model_proto(tokens: list[str], scores, types: np.ndarray) -> bytes:
     return b"".join(pieces) + _message(2, trainer) + _message(3, normalizer)
 
 
+def _merges_as_strings(js: str) -> str:
+    """tokenizer.json with its merges as "a b" strings (GGUF's own form: no token of a merge holds
+    a space), which `tokenizers` loads in 37 ms where it takes 47 for [a, b] pairs (SmolLM2)."""
+    import json
+
+    d = json.loads(js)
+    d["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in d["model"]["merges"]]
+    return json.dumps(d, ensure_ascii=False)
+
+
 def _hf_encoder(tok: Tokenizer) -> Callable[[str], list[int]]:
     return lambda text: tok.encode(text, add_special_tokens=False).ids
 
@@ -196,7 +206,7 @@ class GGUFTokenizer:
                 f"{f.path}: tokenizer model {self.kind!r} is not supported (supported: gpt2, llama)"
             )
         merges = f.get("tokenizer.ggml.merges", []) if self.kind == "gpt2" else []
-        h = hashlib.sha256(f"v2|{self.kind}|{pre}|".encode())
+        h = hashlib.sha256(f"v3|{self.kind}|{pre}|".encode())
         h.update("\n".join(self.tokens).encode("utf-8", "surrogateescape"))
         h.update("\n".join(merges).encode("utf-8", "surrogateescape"))
         h.update(self.types.tobytes())
@@ -211,7 +221,7 @@ class GGUFTokenizer:
                 log.warning("rebuilding damaged tokenizer cache %s", path)
         if self.kind == "gpt2":
             tok = self._build_bpe(merges, pre)
-            data, encode = tok.to_str().encode(), _hf_encoder(tok)
+            data, encode = _merges_as_strings(tok.to_str()).encode(), _hf_encoder(tok)
         else:
             data = spm_model_proto(self.tokens, self.scores, self.types)
             encode = _spm_encoder(data)
