@@ -203,16 +203,13 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: required tensor {name!r} is missing")
         return t
 
-    def read(
-        self, t: Tensor, start: int = 0, n: int | None = None, buf: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Bytes [start, start + n) of a tensor's data, read from the file into a new array (or the
-        front of buf, when it is large enough): what is read this way does not count in this
-        process's resident memory, unlike touching the mmap."""
+    def read(self, t: Tensor, start: int = 0, n: int | None = None) -> np.ndarray:
+        """Bytes [start, start + n) of a tensor's data, read from the file into a new array: what is
+        read this way does not count in this process's resident memory, unlike touching the mmap."""
         n = t.nbytes - start if n is None else n
         if start < 0 or n < 0 or start + n > t.nbytes:
             raise ValueError(f"{t.name}: bytes [{start}, {start + n}) outside its {t.nbytes}")
-        out = buf[:n] if buf is not None and buf.nbytes >= n else np.empty(n, np.uint8)
+        out = np.empty(n, np.uint8)
         if self._fd is None:  # one descriptor for every read (norms at load, rows per token)
             self._fd = os.open(self.path, os.O_RDONLY)
         view, got = memoryview(out), 0
