@@ -144,12 +144,6 @@ def aligned(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[skip : skip + nbytes]
 
 
-def arena(nbytes: int) -> np.ndarray:
-    """Page-aligned anonymous memory for a model's repacked matrices (numpy puts large arrays on
-    transparent huge pages: filling 260 MB takes ~12 ms where 4 KiB pages take ~90)."""
-    return aligned(nbytes, 4096)
-
-
 def packed_bytes(ggml_type: int, nrows: int, ncols: int) -> int:
     """Bytes of the matrix repacked in 16-row strips for the AVX-512 VNNI kernels (read with type
     ggml_type | PACKED: the blocks' bytes regrouped; decode then needs ~5x fewer vector operations

@@ -36,7 +36,7 @@ static int known(int type) { return type >= 0 && type < FL_NTYPES && FL_TYPES[ty
 
 /* bytes of a row of n elements, or 0 if the type is unknown or n is not a whole number of blocks */
 size_t fl_row_bytes(int type, int64_t n) {
-    if (type & FL_PACKED) return fl_packable(type & ~FL_PACKED) && n % 32 == 0 ? fl_row_bytes(type & ~FL_PACKED, n) : 0;
+    if (type & FL_PACKED) return fl_packable(type & ~FL_PACKED) ? fl_row_bytes(type & ~FL_PACKED, n) : 0;
     if (!known(type) || n <= 0 || n % FL_TYPES[type].blck) return 0;
     return (size_t)(n / FL_TYPES[type].blck) * FL_TYPES[type].size;
 }

@@ -21,7 +21,7 @@ static size_t strip_bytes(int type, int64_t ncols) {
 }
 
 size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols) {
-    if (!fl_packable(type) || nrows <= 0 || !fl_row_bytes(type, ncols) || ncols % 32) return 0;
+    if (!fl_packable(type) || nrows <= 0 || !fl_row_bytes(type, ncols)) return 0; /* whole blocks of 32 or 256 */
     return (size_t)((nrows + 15) / 16) * strip_bytes(type, ncols);
 }
 
