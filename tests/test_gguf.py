@@ -126,3 +126,81 @@ def test_string_arrays_read_as_gguf_py_reads_them(tmp_path, monkeypatch, odd, ch
     want = [bytes(ref.parts[i]).decode("utf-8", "surrogateescape") for i in ref.data]
     f = GGUFFile(str(tmp_path / "s.gguf"))
     assert f.get("test.strings") == want and len(want) == len(items)
+
+
+def _gguf_py_view(path: str) -> tuple[dict, dict]:
+    """Metadata and tensor table as gguf-py's own reader gives them."""
+    from gguf import GGUFReader, GGUFValueType
+
+    r = GGUFReader(path)
+    meta = {}
+    for k, fl in r.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        if fl.types[0] == GGUFValueType.ARRAY and fl.types[-1] == GGUFValueType.STRING:
+            meta[k] = [bytes(fl.parts[i]).decode("utf-8", "surrogateescape") for i in fl.data]
+        elif fl.types[0] == GGUFValueType.ARRAY:
+            meta[k] = np.concatenate([fl.parts[i] for i in fl.data]).tolist()
+        elif fl.types[0] == GGUFValueType.STRING:
+            meta[k] = bytes(fl.parts[fl.data[0]]).decode("utf-8", "surrogateescape")
+        else:
+            meta[k] = fl.parts[fl.data[0]][0].item()
+    tensors = {
+        t.name: (int(t.tensor_type), tuple(reversed(t.shape.tolist())), int(t.data_offset), int(t.n_bytes))
+        for t in r.tensors
+    }
+    return meta, tensors
+
+
+def test_reads_real_models_as_gguf_py_does(model_paths, tiny):
+    # fitllm walks the header itself (load time); gguf-py's reader is the oracle
+    for path in [*model_paths.values(), tiny]:
+        meta, tensors = _gguf_py_view(path)
+        f = GGUFFile(path)
+        got = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in f.metadata.items()}
+        assert got == meta
+        assert {n: (t.ggml_type, t.shape, t.offset, t.nbytes) for n, t in f.tensors.items()} == tensors
+        raw = open(path, "rb").read()
+        for t in f.tensors.values():  # views of exactly the tensor's bytes
+            assert bytes(t.data) == raw[t.offset : t.offset + t.nbytes] and not t.data.flags.owndata
+
+
+def test_type_table_is_gguf_pys():
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from fitllm.quant import GGML_TYPES, tensor_nbytes
+
+    for i, (name, block, size) in GGML_TYPES.items():
+        assert GGMLQuantizationType(i).name == name and GGML_QUANT_SIZES[GGMLQuantizationType(i)] == (
+            block,
+            size,
+        )
+        from gguf.quants import quant_shape_to_byte_shape
+
+        assert tensor_nbytes((3, 4 * block), i) == int(np.prod(quant_shape_to_byte_shape((3, 4 * block), i)))
+
+
+def test_loading_a_model_does_not_import_gguf_py(tiny):
+    # gguf-py (with yaml and sentencepiece) takes ~30 ms to import: a third of load-to-first-token
+    code = (
+        "import sys; from fitllm import Llama; m = Llama(sys.argv[1], verbose=False);"
+        " m.eval(m.tokenize(b'hi')); print(sorted(k for k in sys.modules if k.split('.')[0] == 'gguf'))"
+    )
+    r = subprocess.run([sys.executable, "-c", code, tiny], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
+def test_big_endian_file(tmp_path):
+    from gguf import GGUFEndian
+
+    w = GGUFWriter(str(tmp_path / "be.gguf"), "llama", endianess=GGUFEndian.BIG)
+    w.add_uint32("test.u32", 7)
+    w.add_array("test.ints", [1, -2, 3])
+    w.add_array("test.strings", ["a", "bc"])
+    w.add_tensor("x", np.arange(32, dtype=np.float32).reshape(2, 16))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    f = GGUFFile(str(tmp_path / "be.gguf"))
+    assert f.get("test.u32") == 7 and f.get("test.ints").tolist() == [1, -2, 3]
+    assert f.get("test.strings") == ["a", "bc"]
+    assert f.tensor("x").shape == (2, 16)
+    assert f.tensor("x").data.view(">f4").tolist() == list(range(32))

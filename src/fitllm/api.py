@@ -108,7 +108,6 @@ class Llama:
 
     def _fit(self, budget: int, policy: str, prefetch: bool):
         """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""
-        from fitllm.expert_cache import ExpertCache
         from fitllm.plan import check_fits, kv_bytes, resident_bytes, shape_of_gguf, work_bytes
 
         shape, hp = shape_of_gguf(self._file), self._model.hp
@@ -122,6 +121,8 @@ class Llama:
             if not shape.expert_bytes:
                 return self._model  # within the planning overhead
         log.info("%s does not fit %.2f GiB: streaming its experts", self.model_path, budget / 2**30)
+        from fitllm.expert_cache import ExpertCache
+
         return ExpertCache(self._model, left, policy, prefetch)
 
     def _load_split(self, split_mode: int | str, tensor_split: list[float] | None, mmap_stream: bool):

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gguf import GGMLQuantizationType as Q
+from fitllm.quant import type_name
 
 if TYPE_CHECKING:
     from fitllm.models.base import HParams
@@ -77,8 +77,7 @@ def shape_of_gguf(f, quant: str | None = None) -> ModelShape:
     """From a GGUF file's tensor table (a path or an open GGUFFile); with quant, its shapes at
     that quantization (typed as `fitllm convert --type quant` would)."""
     from fitllm.gguf import GGUFFile
-    from fitllm.gguf.writer import tensor_nbytes
-    from fitllm.quant.recipe import OUT_TYPES, pick_type
+    from fitllm.quant import tensor_nbytes
 
     f = f if isinstance(f, GGUFFile) else GGUFFile(f)
     a = f.architecture
@@ -87,6 +86,8 @@ def shape_of_gguf(f, quant: str | None = None) -> ModelShape:
     used, total = f.get(f"{a}.expert_used_count", 0), f.get(f"{a}.expert_count", 0)
     tensors = {n: (t.ggml_type, t.nbytes) for n, t in f.tensors.items()}
     if quant:
+        from fitllm.quant.recipe import OUT_TYPES, pick_type  # imports gguf-py
+
         for n, t in f.tensors.items():
             kind = "norm" if len(t.shape) == 1 else "router" if "gate_inp" in n else "weight"
             kind = "embedding" if n in ("token_embd.weight", "output.weight") else kind
@@ -117,7 +118,7 @@ def shape_of_grok1(quant: str) -> ModelShape:
     """Grok-1's real shapes as `fitllm convert --type quant` writes them (tied output, no copy)."""
     from fitllm.convert.grok1 import gguf_shape, tensor_type
     from fitllm.convert.grok1_checkpoint import Grok1Config, leaves
-    from fitllm.gguf.writer import tensor_nbytes
+    from fitllm.quant import tensor_nbytes
     from fitllm.quant.recipe import OUT_TYPES
 
     quant = _quant(quant)
@@ -277,7 +278,7 @@ def stream_estimate(
 def by_type(m: ModelShape) -> dict[str, int]:
     out: dict[str, int] = defaultdict(int)
     for t, b in m.tensors.values():
-        out[Q(t).name] += b
+        out[type_name(t)] += b
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 

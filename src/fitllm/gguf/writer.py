@@ -12,12 +12,8 @@ from types import TracebackType
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
-from gguf.quants import quant_shape_to_byte_shape
 
-
-def tensor_nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
-    """Bytes of a tensor of `shape` (numpy order) stored as ggml_type (rows must be whole blocks)."""
-    return int(np.prod(quant_shape_to_byte_shape(shape, GGMLQuantizationType(ggml_type)), dtype=np.int64))
+from fitllm.quant import tensor_nbytes
 
 
 class GGUFStreamWriter:

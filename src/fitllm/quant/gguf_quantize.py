@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType as Q
+from gguf import GGUFValueType
 from tqdm import tqdm
 
 from fitllm import kernels
@@ -31,7 +32,9 @@ def _copy_metadata(f: GGUFFile, w: GGUFStreamWriter) -> None:
         if key not in SKIP_KEYS:
             vtype, sub = f.value_types[key]
             value = value.tolist() if isinstance(value, np.ndarray) else value
-            w.meta.add_key_value(key, value, vtype, sub_type=sub)
+            w.meta.add_key_value(
+                key, value, GGUFValueType(vtype), sub_type=None if sub is None else GGUFValueType(sub)
+            )
 
 
 def encode_rows(read, rows: int, cols: int, new: Q, threads: int, pool: ThreadPoolExecutor):
