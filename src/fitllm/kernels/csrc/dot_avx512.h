@@ -108,11 +108,16 @@ ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_
         __m512 swall[4], mnv[4];
         for (int r = 0; r < R; r++) {
             const uint8_t *b = w + r * rb + i * bsz;
-            /* the same blocks two tiles on (a tile takes about one memory latency); all three cache
-             * lines of a K-quant block (their decode streams from memory: Grok-shaped Q4_K +15 %) */
-            _mm_prefetch((const char *)(b + 2 * R * rb), _MM_HINT_T0);
-            _mm_prefetch((const char *)(b + 2 * R * rb + (nch == 1 ? bsz : 64)), _MM_HINT_T0);
-            if (nch > 1) _mm_prefetch((const char *)(b + 2 * R * rb + 128), _MM_HINT_T0);
+            /* the same blocks two tiles on (a tile takes about one memory latency); every line of
+             * them (Grok-shaped Q4_K +15 %; Q6_K read cold at 25 GB/s where its first three gave 16) */
+            const uint8_t *ahead = b + 2 * R * rb;
+            _mm_prefetch((const char *)ahead, _MM_HINT_T0);
+            if (type >= FL_Q2_K && type <= FL_Q6_K) { /* a constant (nch is read from the table) */
+                for (int l = 64; l < bsz; l += 64) _mm_prefetch((const char *)(ahead + l), _MM_HINT_T0);
+                _mm_prefetch((const char *)(ahead + bsz - 1), _MM_HINT_T0);
+            } else {
+                _mm_prefetch((const char *)(ahead + (nch == 1 ? bsz : 64)), _MM_HINT_T0);
+            }
             if (nch == 1) { /* d is the block's first fp16 field */
                 swall[r] = join_ps(h2f(b), h2f(b + bsz));
             } else {
