@@ -39,13 +39,17 @@ def act_reference(t, x):
 
 
 @pytest.mark.parametrize("t", ALL, ids=lambda t: t.name)
-def test_activations_bit_exact(t):
+def test_activations_bit_exact(t):  # every kernel path this CPU has
     x = np.random.default_rng(3).standard_normal((5, 512)).astype(np.float32) * 3
     x[1] = 0  # all-zero blocks
     x[2, :256] = -x[2, :256]  # a negative signed maximum (Q8_K)
+    x[3, :32] = np.arange(32) - 15.5  # quants at ties (amax 15.5 -> x * 127 / 15.5), both signs
+    x[3, 32:64] = np.r_[127, np.arange(31) + 0.5]  # amax 127: the quants x.5 round to even
     want = quantize_activations(int(t), x)
-    got = K.quantize_act(int(t), x)
-    assert np.array_equal(got, want.view(np.uint8).reshape(-1))
+    for isa in range(K.isa_supported() + 1):  # portable, AVX2, AVX-512 where the CPU has them
+        K.set_isa(isa)
+        got = K.quantize_act(int(t), x)
+        assert np.array_equal(got, want.view(np.uint8).reshape(-1)), K.ISA_NAMES[isa]
 
 
 @pytest.fixture(autouse=True)

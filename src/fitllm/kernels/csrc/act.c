@@ -25,40 +25,6 @@ size_t fl_act_row_bytes(int kind, int64_t n) {
     return kind <= FL_ACT_BF16 ? (size_t)n * sizeof(float) : (size_t)(n / 32) * sizeof(fl_q8);
 }
 
-/* round to nearest, ties to even, for |v| < 2^22: ggml's nearest_int and _mm256_round_ps agree */
-static inline int near_int(float v) {
-    float f = v + 12582912.f;
-    int32_t i;
-    memcpy(&i, &f, 4);
-    return (i & 0x007fffff) - 0x00400000;
-}
-
-static void q8_0_row(const float *x, int64_t n, fl_q8 *out, int with_sum) {
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float *v = x + 32 * i;
-        float amax = 0.f;
-        for (int j = 0; j < 32; j++) {
-            const float ax = fabsf(v[j]);
-            amax = ax > amax ? ax : amax; /* fmaxf, which is a libm call here */
-        }
-        const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f, dh = fl_h2f(fl_f2h(d));
-        int s0 = 0, s1 = 0;
-        for (int j = 0; j < 32; j++) {
-            int q = near_int(v[j] * id);
-            out[i].q[j] = (int8_t)q;
-            if (j < 16) s0 += q; else s1 += q;
-        }
-        out[i].d = dh;
-        if (with_sum) { /* Q8_1: the offset term uses fp16(d * sum) with the f32 d */
-            out[i].s0 = fl_h2f(fl_f2h(d * (float)(s0 + s1)));
-            out[i].s1 = 0.f;
-        } else {
-            out[i].s0 = dh * (float)s0;
-            out[i].s1 = dh * (float)s1;
-        }
-    }
-}
-
 static void q8_k_row(const float *x, int64_t n, fl_q8 *out) {
     for (int64_t i = 0; i < n / 256; i++, x += 256, out += 8) {
         float max = 0.f, amax = 0.f;
@@ -70,7 +36,7 @@ static void q8_k_row(const float *x, int64_t n, fl_q8 *out) {
         for (int c = 0; c < 8; c++) {
             int s[2] = {0, 0};
             for (int j = 0; j < 32; j++) {
-                int q = near_int(iscale * x[32 * c + j]);
+                int q = fl_near_int(iscale * x[32 * c + j]);
                 q = q < 127 ? q : 127;
                 out[c].q[j] = (int8_t)q;
                 s[j >= 16] += q;
@@ -88,8 +54,8 @@ void fl_act_row(int kind, const float *x, int64_t n, void *out) {
     case FL_ACT_F32: memcpy(f, x, (size_t)n * sizeof(float)); break;
     case FL_ACT_F16: for (int64_t j = 0; j < n; j++) f[j] = fl_h2f(fl_f2h(x[j])); break;
     case FL_ACT_BF16: for (int64_t j = 0; j < n; j++) f[j] = fl_bf2f(fl_f2bf(x[j])); break;
-    case FL_ACT_Q8_0: q8_0_row(x, n, (fl_q8 *)out, 0); break;
-    case FL_ACT_Q8_1: q8_0_row(x, n, (fl_q8 *)out, 1); break;
+    case FL_ACT_Q8_0: fl_q8_0_row_kernel()(x, n, (fl_q8 *)out, 0); break;
+    case FL_ACT_Q8_1: fl_q8_0_row_kernel()(x, n, (fl_q8 *)out, 1); break;
     case FL_ACT_Q8_K: q8_k_row(x, n, (fl_q8 *)out); break;
     }
 }

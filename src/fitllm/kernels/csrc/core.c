@@ -74,6 +74,7 @@ static const fl_scores_f16_fn SCORES_F16[] = {fl_scores_f16_portable, fl_scores_
 static const fl_pv_f16_fn PV_F16[] = {fl_pv_f16_portable, fl_pv_f16_avx2, fl_pv_f16_vnni};
 static const fl_softmax_fn SOFTMAX[] = {fl_softmax_portable, fl_softmax_avx2, fl_softmax_vnni};
 static const fl_swiglu_fn SWIGLU[] = {fl_swiglu_portable, fl_swiglu_avx2, fl_swiglu_vnni};
+static const fl_q8_0_row_fn Q8_0_ROW[] = {fl_q8_0_row_portable, fl_q8_0_row_avx2, fl_q8_0_row_vnni};
 typedef uint64_t (*read_sum_fn)(const uint8_t *, size_t);
 static const read_sum_fn READ_SUM[] = {fl_read_sum_portable, fl_read_sum_avx2, fl_read_sum_vnni};
 
@@ -95,6 +96,7 @@ fl_scores_f16_fn fl_scores_f16_kernel(void) { return SCORES_F16[fl_get_isa()]; }
 fl_pv_f16_fn fl_pv_f16_kernel(void) { return PV_F16[fl_get_isa()]; }
 fl_softmax_fn fl_softmax_kernel(void) { return SOFTMAX[fl_get_isa()]; }
 fl_swiglu_fn fl_swiglu_kernel(void) { return SWIGLU[fl_get_isa()]; }
+fl_q8_0_row_fn fl_q8_0_row_kernel(void) { return Q8_0_ROW[fl_get_isa()]; }
 
 /* Rows of activations [ith-th share of T] in the kind a weight type wants. Inside a parallel region. */
 void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth) {

@@ -109,10 +109,19 @@ void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a,
     void fl_softmax_##sfx(float *s, int64_t n, float scale, float cap, float capscale);         \
     void fl_swiglu_##sfx(float *gate, const float *up, int64_t n);                               \
     uint64_t fl_read_sum_##sfx(const uint8_t *p, size_t n);                                     \
+    void fl_q8_0_row_##sfx(const float *x, int64_t n, fl_q8 *out, int with_sum);                 \
     void fl_pv_f16_##sfx(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
 FL_DECLARE_ISA(portable)
 FL_DECLARE_ISA(avx2)
 FL_DECLARE_ISA(vnni)
+
+/* round to nearest, ties to even, for |v| < 2^22: ggml's nearest_int and _mm256_round_ps agree */
+static inline int fl_near_int(float v) {
+    float f = v + 12582912.f;
+    int32_t i;
+    memcpy(&i, &f, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
 
 /* float -> fp16, round to nearest even (what F16C and ggml's converters do) */
 static inline uint16_t fl_f2h(float f) {
@@ -191,6 +200,8 @@ fl_softmax_fn fl_softmax_kernel(void);
 /* gate <- silu(gate) * up */
 typedef void (*fl_swiglu_fn)(float *gate, const float *up, int64_t n);
 fl_swiglu_fn fl_swiglu_kernel(void);
+typedef void (*fl_q8_0_row_fn)(const float *x, int64_t n, fl_q8 *out, int with_sum);
+fl_q8_0_row_fn fl_q8_0_row_kernel(void);
 typedef void (*fl_pv_f16_fn)(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
 fl_scores_f16_fn fl_scores_f16_kernel(void);
 fl_pv_f16_fn fl_pv_f16_kernel(void);

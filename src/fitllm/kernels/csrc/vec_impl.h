@@ -200,3 +200,53 @@ uint64_t FL_PASTE(fl_read_sum_, FL_SUFFIX)(const uint8_t *p, size_t n) {
     }
     return s;
 }
+
+/* Activations as Q8_0 records (with_sum: Q8_1), act.c's rules: d = amax / 127 kept as fp16, quants
+ * rint(x * 127 / amax), and the sums of each half. The vectors give the same bits: the max and the
+ * integer sums are exact, and each quant is one product and one rounding to nearest even. */
+void FL_PASTE(fl_q8_0_row_, FL_SUFFIX)(const float *x, int64_t n, fl_q8 *out, int with_sum) {
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *v = x + 32 * i;
+        float amax = 0.f;
+        int s0 = 0, s1 = 0;
+#if FL_SIMD
+        __m256 xv[4], m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) { /* max(|x|, m): a NaN is skipped, as by the scalar rule */
+            xv[k] = _mm256_loadu_ps(v + 8 * k);
+            m = _mm256_max_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), xv[k]), m);
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        const __m256 id = _mm256_set1_ps(amax != 0.f ? 127.f / amax : 0.f);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(xv[k], id));
+        const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)out[i].q, _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        int32_t t[8];
+        _mm256_storeu_si256((__m256i *)t, _mm256_hadd_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        s0 = t[0] + t[1] + t[4] + t[5];
+        s1 = t[2] + t[3] + t[6] + t[7];
+#else
+        for (int j = 0; j < 32; j++) {
+            const float ax = fabsf(v[j]);
+            amax = ax > amax ? ax : amax; /* fmaxf, which is a libm call here */
+        }
+        const float id = amax != 0.f ? 127.f / amax : 0.f;
+        for (int j = 0; j < 32; j++) {
+            const int q = fl_near_int(v[j] * id);
+            out[i].q[j] = (int8_t)q;
+            if (j < 16) s0 += q; else s1 += q;
+        }
+#endif
+        const float d = amax / 127.f, dh = fl_h2f(fl_f2h(d));
+        out[i].d = dh;
+        if (with_sum) { /* Q8_1: the offset term uses fp16(d * sum) with the f32 d */
+            out[i].s0 = fl_h2f(fl_f2h(d * (float)(s0 + s1)));
+            out[i].s1 = 0.f;
+        } else {
+            out[i].s0 = dh * (float)s0;
+            out[i].s1 = dh * (float)s1;
+        }
+    }
+}
