@@ -15,6 +15,7 @@ class KVCache:
         self.n = 0  # positions filled
         self.k = [np.zeros((n_ctx, n_kv, head_dim), np.float16) for _ in range(n_layer)]
         self.v = [np.zeros((n_ctx, n_kv, head_dim_v or head_dim), np.float16) for _ in range(n_layer)]
+        self.stack = None  # kernels.LayerStack: the model's blocks over these caches (models/base.py)
 
     def check_room(self, n_new: int) -> None:
         if self.n + n_new > self.n_ctx:

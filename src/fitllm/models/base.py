@@ -191,11 +191,10 @@ class DecoderModel:
         if not hasattr(self, "_specs"):
             self._specs = [self.spec(i, blk) for i, blk in enumerate(self.blk)]
         x = np.ascontiguousarray(self.embed(tokens), dtype=np.float32)
-        last = len(self._specs) - 1
-        for i, spec in enumerate(self._specs):
-            # the last layer's feed-forward only for the rows whose logits are wanted, as llama.cpp
-            n_out = tokens.size if all_logits or i < last else 1
-            kernels.layer_forward(spec, kv.k[i], kv.v[i], x, kv.n, n_out)
+        if kv.stack is None or kv.stack.specs is not self._specs:
+            kv.stack = kernels.LayerStack(self._specs, kv.k, kv.v)
+        # the last layer's feed-forward only for the rows whose logits are wanted, as llama.cpp
+        kv.stack.forward(x, kv.n, tokens.size if all_logits else 1)
         kv.n += tokens.size
         return self.logits(x if all_logits else x[-1:])
 
