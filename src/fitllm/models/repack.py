@@ -22,15 +22,23 @@ from fitllm.models.layers import FileRows, Linear
 from fitllm.tokenizer import cache_dir
 
 log = logging.getLogger(__name__)
-LAYOUT = b"strips-1"  # changes with the layout of csrc/repack.c
+LAYOUT = b"strips-2"  # changes with the layout of csrc/repack.c or the order of the matrices
 CACHE_MAX = 4 << 30
+#: the order a block computes its matrices in, which is their order in memory: the kernels prefetch
+#: 4 KiB ahead, past the end of one matrix into the start of the next
+COMPUTE_ORDER = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
 def _matrices(model: DecoderModel) -> list[tuple[object, str, Linear, int]]:
-    """(owner, attribute, Linear, packed bytes) of every matrix with a strip kernel."""
+    """(owner, attribute, Linear, packed bytes) of every matrix with a strip kernel, in the order a
+    forward uses them: block by block, then the output."""
     out = []
-    for owner in [model, *model.blk]:
-        for name, lin in list(vars(owner).items()):
+    for owner in [*model.blk, model]:
+        names = sorted(
+            vars(owner), key=lambda n: COMPUTE_ORDER.index(n) if n in COMPUTE_ORDER else len(COMPUTE_ORDER)
+        )
+        for name in names:
+            lin = getattr(owner, name)
             if isinstance(lin, Linear) and name != "token_embd":  # the embedding: rows, by reads
                 size = kernels.packed_bytes(lin.weight.ggml_type, *lin.weight.shape)
                 out += [(owner, name, lin, size)] if size else []
