@@ -1,5 +1,6 @@
 """The llama-cpp-python-shaped API on the real SmolLM2 model."""
 
+import os
 import time
 
 import numpy as np
@@ -113,3 +114,14 @@ def test_repacked_weights_decode_as_prompt_batches(smollm2_path, tmp_path, monke
     blocks = Llama(model_path=smollm2_path, n_ctx=32, logits_all=True, verbose=False)
     blocks.eval(toks)
     assert np.array_equal(blocks.scores[: len(toks)], batch)
+
+
+def test_strip_cache_keeps_the_recently_used(tmp_path):
+    from fitllm.models.repack import _evict
+
+    for i, age in enumerate([50, 10, 30, 20]):  # seconds since last use
+        p = tmp_path / f"{i}.bin"
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (time.time() - age,) * 2)
+    _evict(tmp_path, 2500)
+    assert sorted(p.name for p in tmp_path.glob("*.bin")) == ["1.bin", "3.bin"]

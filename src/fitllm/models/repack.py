@@ -70,9 +70,22 @@ def _save(room: np.ndarray, path: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(memoryview(room))
         os.replace(tmp, path)
+        _evict(path.parent, CACHE_MAX)
     except OSError as e:
         log.info("repacked weights not cached: %s", e)
         tmp.unlink(missing_ok=True)
+
+
+def _evict(folder: Path, keep: int) -> None:
+    """Delete the least recently used entries (a load touches its entry) until the rest take at
+    most `keep` bytes: strips of other files, or of an older layout, do not pile up."""
+    entries = sorted(((p.stat(), p) for p in folder.glob("*.bin")), key=lambda e: -e[0].st_mtime)
+    total = 0
+    for st, p in entries:
+        total += st.st_size
+        if total > keep:
+            log.info("dropping cached strips %s (%.0f MB)", p.name, st.st_size / 1e6)
+            p.unlink(missing_ok=True)
 
 
 def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
@@ -86,6 +99,8 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
     ends = np.cumsum([0] + [-(-size // 64) * 64 for *_, size in todo]).tolist()  # 64-byte aligned
     path = _cache_path(model)
     cached = path.is_file() and path.stat().st_size == ends[-1]
+    if cached:
+        os.utime(path)  # recently used: evicted last
     # a copy: page-aligned anonymous memory (numpy puts large arrays on transparent huge pages:
     # filling 260 MB takes ~12 ms where 4 KiB pages take ~90)
     room = _map(path) if cached else kernels.aligned(ends[-1], 4096)
