@@ -204,3 +204,14 @@ def test_big_endian_file(tmp_path):
     assert f.get("test.strings") == ["a", "bc"]
     assert f.tensor("x").shape == (2, 16)
     assert f.tensor("x").data.view(">f4").tolist() == list(range(32))
+
+
+def test_deeply_nested_arrays(tmp_path, tiny):
+    # an array of arrays of ... (12 bytes a level) ends in a GGUFError, not a RecursionError
+    data = bytearray(open(tiny, "rb").read())
+    n_kv = struct.unpack_from("<Q", data, 16)[0]
+    key = b"test.nested"
+    nested = struct.pack("<Q", len(key)) + key + struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * 5000
+    struct.pack_into("<Q", data, 16, n_kv + 1)
+    with pytest.raises(GGUFError, match="nested"):
+        GGUFFile(corrupt(tmp_path, bytes(data[:24] + nested + data[24:])))
