@@ -1,5 +1,6 @@
 """Token ids identical to llama.cpp's (golden data: tests/golden/make_golden.py)."""
 
+import numpy as np
 import pytest
 
 from conftest import golden
@@ -44,3 +45,18 @@ def test_bos_gemma(gemma3_path):
     tok = GGUFTokenizer(GGUFFile(gemma3_path))
     assert tok.encode("hi", add_bos=True)[0] == tok.bos_id == 2
     assert tok.is_eog(tok.eos_id)
+
+
+def test_sentencepiece_model_written_by_hand_loads():
+    # the ModelProto is serialized without protobuf: long pieces (2-byte lengths), scores, types
+    import sentencepiece
+
+    from fitllm.tokenizer import spm_model_proto
+
+    pieces = ["<unk>", "<s>", "</s>", "▁" + "x" * 200, "▁hi", "é" * 70] + [f"<0x{b:02X}>" for b in range(256)]
+    types = np.array([2, 3, 3, 1, 1, 4] + [6] * 256, np.int32)  # byte fallback needs the 256 bytes
+    scores = np.r_[0, 0, 0, -1.5, -2.0, 0.0, np.zeros(256)]
+    sp = sentencepiece.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(spm_model_proto(pieces, scores, types))
+    assert [sp.id_to_piece(i) for i in range(len(pieces))] == pieces
+    assert sp.get_score(3) == -1.5 and sp.is_unknown(0) and sp.is_control(1)

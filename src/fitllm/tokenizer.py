@@ -113,7 +113,13 @@ def _field(num: int, wire: int, payload: bytes) -> bytes:
 
 
 def _message(num: int, data: bytes) -> bytes:
-    return _field(num, 2, _varint(len(data)) + data)
+    return _field(num, 2, _sized(data))
+
+
+def _sized(data: bytes) -> bytes:
+    """data after its length (a varint)"""
+    n = len(data)
+    return (bytes((n,)) if n < 0x80 else _varint(n)) + data
 
 
 def spm_model_proto(tokens: list[str], scores, types: np.ndarray) -> bytes:
@@ -121,10 +127,13 @@ def spm_model_proto(tokens: list[str], scores, types: np.ndarray) -> bytes:
     vocabulary, serialized by hand (fields of sentencepiece_model.proto): sentencepiece's BPE merges
     the pair whose union scores highest, which is what llama.cpp's SPM tokenizer reimplements."""
     scores = np.zeros(len(tokens), np.float32) if scores is None else np.asarray(scores, np.float32)
+    sc = scores.astype("<f4").tobytes()
+    # piece i: field 1 { 1: text, 2: score (fixed32), 3: type (varint) }, tags written out (0x0a,
+    # 0x15, 0x18): a message per field took 1.7 s for Gemma-3's 262k pieces
     pieces = [
-        _message(1, _message(1, t.encode("utf-8", "surrogateescape")) + _field(2, 5, s.tobytes())
-                 + _field(3, 0, _varint(int(ty))))
-        for t, s, ty in zip(tokens, scores, types)
+        b"\x0a" + _sized(b"\x0a" + _sized(t.encode("utf-8", "surrogateescape"))
+                         + b"\x15" + sc[4 * i : 4 * i + 4] + b"\x18" + _varint(ty))
+        for i, (t, ty) in enumerate(zip(tokens, types.tolist()))
     ]  # fmt: skip
     trainer = _field(3, 0, _varint(2)) + _field(35, 0, _varint(1))  # model_type BPE, byte_fallback
     # name, add_dummy_prefix off (encode adds the space as llama.cpp does), keep whitespace, escape it
