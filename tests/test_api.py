@@ -125,3 +125,9 @@ def test_strip_cache_keeps_the_recently_used(tmp_path):
         os.utime(p, (time.time() - age,) * 2)
     _evict(tmp_path, 2500)
     assert sorted(p.name for p in tmp_path.glob("*.bin")) == ["1.bin", "3.bin"]
+
+
+def test_metadata_as_llama_cpp_python_gives_it(smollm2_path):
+    md = Llama(model_path=smollm2_path, verbose=False).metadata
+    assert md["general.architecture"] == "llama" and md["llama.block_count"] == "30"
+    assert "tokenizer.ggml.tokens" not in md and "tokenizer.ggml.merges" not in md  # arrays left out

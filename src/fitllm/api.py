@@ -15,6 +15,7 @@ import numpy as np
 from fitllm import kernels
 from fitllm.generate import prefill
 from fitllm.gguf import GGUFFile
+from fitllm.gguf.reader import ARRAY
 from fitllm.models import DecoderModel, load_model
 from fitllm.sampling import SamplingParams, make_sampler
 from fitllm.tokenizer import GGUFTokenizer
@@ -172,7 +173,9 @@ class Llama:
 
     @property
     def metadata(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self._file.metadata.items() if not isinstance(v, (list, np.ndarray))}
+        """The scalar and string keys, as strings (llama-cpp-python leaves the arrays out too)."""
+        f = self._file
+        return {k: str(v) for k, v in f.metadata.items() if f.value_types[k][0] != ARRAY}
 
     # --- low level ----------------------------------------------------------------------------
     @property
