@@ -170,10 +170,42 @@ def test_repacked_matrix_sums_as_the_blocks_strips(t):
         K.set_threads(threads)
 
 
+@pytest.mark.skipif(K.isa_supported() < 1, reason="repacked strips need AVX2 or AVX-512 VNNI")
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.Q4_K], ids=lambda t: t.name)
+def test_repacked_matrix_on_avx2(t):
+    """The AVX2 strips: the VNNI strips' bits where the CPU has both, for every batch size and thread
+    count, and everywhere the product of the activations as specified, up to float rounding."""
+    rng = np.random.default_rng(12)
+    rows, cols = 37, 768 if t == T.Q4_K else 576  # 8-row halves, the last two partial
+    w = make_weights(t, rows, cols, rng)
+    x = rng.standard_normal((20, cols)).astype(np.float32)
+    K.set_isa(1)
+    packed = K.repack(int(t), w, rows, cols)
+    assert packed is not None
+    ref = act_reference(t, x) @ quants.dequantize(w, t).astype(np.float64).T
+    if t == T.Q4_1:  # its offsets multiply Q8_1's fp16 sum s, not d * sum(q)
+        a = quantize_activations(int(t), x).reshape(20, -1)
+        m = w.reshape(rows, -1, 20)[..., 2:4].copy().view(np.float16)[..., 0]
+        ref += (a["s0"] - a["d"] * a["q"].sum(-1)).astype(np.float64) @ m.astype(np.float64).T
+    threads = K.get_threads()
+    try:
+        for n in (1, 2):
+            K.set_threads(n)
+            for T_ in (1, 3, 4, 5, 20):
+                K.set_isa(1)
+                got = K.matmul(int(t) | K.PACKED, packed, rows, cols, x[:T_])
+                np.testing.assert_allclose(got, ref[:T_], rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+                if K.isa_supported() >= 2:
+                    K.set_isa(2)
+                    assert np.array_equal(got, K.matmul(int(t) | K.PACKED, packed, rows, cols, x[:T_]))
+    finally:
+        K.set_threads(threads)
+
+
 def test_repack_declines_what_it_has_no_kernel_for():
     rng = np.random.default_rng(2)
     assert K.repack(int(T.Q6_K), make_weights(T.Q6_K, 16, 256, rng), 16, 256) is None
-    K.set_isa(min(1, K.isa_supported()))  # a forced lower path keeps the blocks as they are
+    K.set_isa(0)  # a forced portable path keeps the blocks as they are
     assert K.repack(int(T.Q4_0), make_weights(T.Q4_0, 16, 64, rng), 16, 64) is None
     with pytest.raises(ValueError, match="unsupported"):  # a packed type whose width is not whole groups
         K.matmul(int(T.Q4_0) | K.PACKED, np.zeros(1024, np.uint8), 16, 48, np.ones((1, 48), np.float32))

@@ -146,10 +146,10 @@ def aligned(nbytes: int, align: int = 64) -> np.ndarray:
 
 
 def packed_bytes(ggml_type: int, nrows: int, ncols: int) -> int:
-    """Bytes of the matrix repacked in 16-row strips for the AVX-512 VNNI kernels (read with type
-    ggml_type | PACKED: the blocks' bytes regrouped; decode then needs ~5x fewer vector operations
-    per weight); 0 where this CPU, the forced kernel path or the type has no such kernel."""
-    if isa_supported() < 2 or get_isa() < 2:
+    """Bytes of the matrix repacked in 16-row strips for the AVX-512 VNNI and AVX2 kernels (read with
+    type ggml_type | PACKED: the blocks' bytes regrouped; decode then needs ~5x fewer vector
+    operations per weight); 0 where this CPU, the forced kernel path or the type has no such kernel."""
+    if isa_supported() < 1 or get_isa() < 1:
         return 0
     return _lib.fl_packed_bytes(ggml_type, nrows, ncols)
 

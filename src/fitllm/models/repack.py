@@ -1,6 +1,6 @@
-"""A dense model's matrices regrouped in 16-row strips for the AVX-512 VNNI kernels (csrc/repack.c),
-as llama.cpp repacks its weights at load. The strips of a file are kept in the cache (up to
-CACHE_MAX bytes of them, in FITLLM_CACHE/packed): a later load maps them as it maps the model,
+"""A dense model's matrices regrouped in 16-row strips for the AVX-512 VNNI and AVX2 kernels
+(csrc/repack.c), as llama.cpp repacks its weights at load. The strips of a file are kept in the
+cache (up to CACHE_MAX bytes of them, in FITLLM_CACHE/packed): a later load maps them as it maps the model,
 with no copy and no fresh memory to fill. Mixtures of experts keep the file's layout (the expert
 cache reads it; streamed or not, they give the same bits)."""
 

@@ -118,13 +118,16 @@ static void add_bias(const float *bias, int64_t t0, int64_t nt, int64_t r0, int6
 static void mm_packed(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
                       int64_t T, float *y, int64_t ldy, int ith, int nth) {
     const int64_t nb32 = ncols / 32, nrt = (nrows + 15) / 16, tpt = 128, ntask = nrt * ((T + tpt - 1) / tpt);
-    const int32_t *sa = fl_strip_sums(act, nb32, T);
+    const int vnni = fl_get_isa() >= FL_ISA_AVX512VNNI;
+    const int32_t *sa = vnni ? fl_strip_sums(act, nb32, T) : fl_strip_sums_avx2(act, nb32, T);
+    void (*const packed)(int, const uint8_t *, int64_t, const fl_q8 *, const int32_t *, int64_t, int64_t, int64_t,
+                         float *, int64_t) = vnni ? fl_mm_packed_vnni : fl_mm_packed_avx2;
     for (int64_t k = ith; k < ntask; k += nth) {
         const int64_t r0 = (k % nrt) * 16, r1 = r0 + 16 < nrows ? r0 + 16 : nrows;
         const int64_t t0 = (k / nrt) * tpt, nt = T - t0 < tpt ? T - t0 : tpt;
         const fl_q8 *a = (const fl_q8 *)act + t0 * nb32;
         if (sa) {
-            fl_mm_packed_vnni(type, w, nb32, a, sa + t0 * nb32, nt, r0, r1, y + t0 * ldy, ldy);
+            packed(type, w, nb32, a, sa + t0 * nb32, nt, r0, r1, y + t0 * ldy, ldy);
         } else { /* no memory for the sums: a token at a time, its sums on the stack */
             int32_t one[nb32];
             for (int64_t t = 0; t < nt; t++) {
@@ -132,7 +135,7 @@ static void mm_packed(int type, const uint8_t *w, int64_t nrows, int64_t ncols, 
                     one[s] = 0;
                     for (int j = 0; j < 32; j++) one[s] += a[t * nb32 + s].q[j];
                 }
-                fl_mm_packed_vnni(type, w, nb32, a + t * nb32, one, 1, r0, r1, y + (t0 + t) * ldy, ldy);
+                packed(type, w, nb32, a + t * nb32, one, 1, r0, r1, y + (t0 + t) * ldy, ldy);
             }
         }
         add_bias(bias, t0, nt, r0, r1, y, ldy);

@@ -81,17 +81,6 @@ ALWAYS_INLINE void kscales_z(const int type, const uint8_t *b, float *sc, float 
     }
 }
 
-ALWAYS_INLINE int int_offset(const int type) {
-    switch (type) {
-    case FL_Q4_0: return 8;
-    case FL_Q5_0: return 16;
-    case FL_Q8_0: return 128;
-    case FL_Q3_K: return 4;
-    case FL_Q6_K: return 32;
-    }
-    return 0;
-}
-
 ALWAYS_INLINE void tile_z(const int type, const int R, const int C, const uint8_t *w, size_t rb, const fl_q8 *a,
                           const zpack *pk, int64_t nb32, int64_t nblk, float *y, int64_t ldy) {
     const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size, kq = int_offset(type);

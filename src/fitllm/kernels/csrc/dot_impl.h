@@ -205,8 +205,22 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
         }
 }
 
+/* the integer offset of a type's quants (taken out of the sums as offset x the activations' sum) */
+ALWAYS_INLINE int int_offset(const int type) {
+    switch (type) {
+    case FL_Q4_0: return 8;
+    case FL_Q5_0: return 16;
+    case FL_Q8_0: return 128;
+    case FL_Q3_K: return 4;
+    case FL_Q6_K: return 32;
+    }
+    return 0;
+}
+
 #if FL_VNNI
 #include "dot_avx512.h"
+#elif FL_SIMD
+#include "strips_avx2.h"
 #endif
 
 /* rows [r0, r1) x T_ tokens in tiles. AVX-512: with `strip` (products of FL_STRIP_MIN_T tokens

@@ -78,6 +78,7 @@ const void *fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 #define FL_STRIP_MIN_T 8
 /* AVX-512: this thread's per-32 sums of a matmul's activation quants (the strips' offsets), once per matmul */
 const void *fl_strip_sums(const fl_q8 *a, int64_t nb32, int64_t T);
+const void *fl_strip_sums_avx2(const fl_q8 *a, int64_t nb32, int64_t T);
 /* the types that take them: one scale (and min) per 32 elements. With a scale per 16 (Q2_K Q3_K
  * Q6_K) the float work per vpdpbusd doubles and the 2-row tiles are as fast. */
 #define FL_STRIP_TYPE(t) \
@@ -95,6 +96,8 @@ int fl_packable(int type);
 size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols);
 /* rows [r0, r1) (r0 a multiple of 16) x T tokens of a packed matrix; sa: fl_strip_sums of a */
 void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,
+                       int64_t r0, int64_t r1, float *y, int64_t ldy);
+void fl_mm_packed_avx2(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,
                        int64_t r0, int64_t r1, float *y, int64_t ldy);
 
 /* Per-ISA row kernels: y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1). */

@@ -1,6 +1,6 @@
-/* Weights regrouped 16 rows at a time for the AVX-512 VNNI products (llama.cpp repacks Q4_0 and
- * Q4_K likewise at load). Per strip of 16 rows and per 32 columns, the quants come as the strips'
- * vpdpbusd operands want them: register g holds 4 quants of each of the 16 rows (bytes 4r..4r+3 =
+/* Weights regrouped 16 rows at a time for the AVX-512 VNNI products, which AVX2 runs as two 8-row
+ * halves (llama.cpp repacks Q4_0 and Q4_K likewise at load). Per strip of 16 rows and per 32
+ * columns, the quants come as the strips' vpdpbusd operands want them: register g holds 4 quants of each of the 16 rows (bytes 4r..4r+3 =
  * elements 4g..4g+3 of row r); 4-bit ones two registers to a byte (g = 2h in the low nibbles,
  * 2h + 1 in the high), Q5_0's fifth bits as one 64-bit mask per register, Q8_0's offset by 128.
  * A strip is [quants per 32 columns][scales per 32 columns][per 256-column block]: the 16 fp16
