@@ -119,7 +119,7 @@ static void mm_packed(int type, const uint8_t *w, int64_t nrows, int64_t ncols, 
                       int64_t T, float *y, int64_t ldy, int ith, int nth) {
     const int64_t nb32 = ncols / 32, nrt = (nrows + 15) / 16, tpt = 128, ntask = nrt * ((T + tpt - 1) / tpt);
     const int vnni = fl_get_isa() >= FL_ISA_AVX512VNNI;
-    const int32_t *sa = vnni ? fl_strip_sums(act, nb32, T) : fl_strip_sums_avx2(act, nb32, T);
+    const int32_t *sa = vnni ? fl_strip_sums_vnni(act, nb32, T) : fl_strip_sums_avx2(act, nb32, T);
     void (*const packed)(int, const uint8_t *, int64_t, const fl_q8 *, const int32_t *, int64_t, int64_t, int64_t,
                          float *, int64_t) = vnni ? fl_mm_packed_vnni : fl_mm_packed_avx2;
     for (int64_t k = ith; k < ntask; k += nth) {
@@ -158,7 +158,7 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
     const int strip = isa == FL_ISA_AVX512VNNI && T >= FL_STRIP_MIN_T && FL_STRIP_TYPE(type);
     const int64_t tpt = strip ? 128 : TOKENS_PER_TASK;
     const int64_t ntask = nrt * ((T + tpt - 1) / tpt);
-    const uint8_t *pk = strip ? fl_strip_sums(act, ncols / 32, T)
+    const uint8_t *pk = strip ? fl_strip_sums_vnni(act, ncols / 32, T)
                         : isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? fl_pack_vnni(act, ncols / 32, T)
                                                                           : NULL;
     const size_t pk_token = strip ? (size_t)(ncols / 32) * sizeof(int32_t) : (size_t)(ncols / 64) * FL_ZPACK_BYTES;

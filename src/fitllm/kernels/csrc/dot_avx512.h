@@ -163,17 +163,6 @@ ALWAYS_INLINE void zrows(const int type, const int R, const int C, const uint8_t
 
 static __thread uint8_t *SB; /* this thread's repacked strip */
 static __thread size_t SB_CAP;
-static __thread int32_t *SA; /* per token and 32 elements: the sum of the activation quants */
-static __thread size_t SA_CAP;
-
-static void *grow(void *p, size_t *cap, size_t need) {
-    if (need <= *cap) return p;
-    free(p);
-    p = aligned_alloc(64, (need + 63) / 64 * 64);
-    *cap = p ? need : 0;
-    return p;
-}
-
 /* rows nr..15 (past the matrix) are zeros */
 ALWAYS_INLINE void strip_pack(const int type, const uint8_t *w, size_t rb, int64_t nblk, uint8_t *out, int nr) {
     const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size;
@@ -250,19 +239,8 @@ ALWAYS_INLINE void strip_tile(const int type, const int C, const uint8_t *sp, co
     for (int t = 0; t < C; t++) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
 }
 
-const void *fl_strip_sums(const fl_q8 *a, int64_t nb32, int64_t T) {
-    SA = grow(SA, &SA_CAP, (size_t)T * nb32 * sizeof(int32_t));
-    if (!SA) return NULL;
-    for (int64_t t = 0; t < T * nb32; t++) {
-        int32_t v = 0;
-        for (int k = 0; k < 32; k++) v += a[t].q[k];
-        SA[t] = v;
-    }
-    return SA;
-}
-
 /* rows [r0, r1) x T_ tokens through packed strips (the last one padded), sa: the tokens' sums
- * (fl_strip_sums): every row's sums are the same whichever strip, task, thread or rank it falls
+ * (fl_strip_sums_vnni): every row's sums are the same whichever strip, task, thread or rank it falls
  * to. Returns r1, or r0 when out of memory. */
 ALWAYS_INLINE int64_t strip_rows(const int type, const uint8_t *w, size_t rb, int64_t nb32, const fl_q8 *a,
                                  const int32_t *sa, int64_t T_, int64_t r0, int64_t r1, float *y, int64_t ldy) {

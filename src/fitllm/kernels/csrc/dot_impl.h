@@ -7,6 +7,8 @@
  * where da * sum(a) is precomputed per half-chunk (fl_q8.s0/s1). */
 #include <math.h>
 #include "fitllm.h"
+#define FL_PASTE2(a, b) a##b
+#define FL_PASTE(a, b) FL_PASTE2(a, b) /* the ISA's name on each exported kernel */
 #if FL_SIMD
 #include <immintrin.h>
 #endif
@@ -217,6 +219,33 @@ ALWAYS_INLINE int int_offset(const int type) {
     return 0;
 }
 
+#if FL_SIMD
+static void *grow(void *p, size_t *cap, size_t need) {
+    if (need <= *cap) return p;
+    free(p);
+    p = aligned_alloc(64, (need + 63) / 64 * 64);
+    *cap = p ? need : 0;
+    return p;
+}
+
+static __thread int32_t *SA; /* per token and 32 elements: the sum of the activation quants */
+static __thread size_t SA_CAP;
+
+/* the strips' offsets: this thread's sums of each 32 activation quants, once per matmul */
+const void *FL_PASTE(fl_strip_sums_, FL_SUFFIX)(const fl_q8 *a, int64_t nb32, int64_t T) {
+    SA = grow(SA, &SA_CAP, (size_t)T * nb32 * sizeof(int32_t));
+    if (!SA) return NULL;
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int64_t t = 0; t < T * nb32; t++) { /* |sum| <= 32 x 128: exact in 16 bits */
+        const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, load32((const uint8_t *)a[t].q)), ones16);
+        __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+        SA[t] = _mm_cvtsi128_si32(_mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1)));
+    }
+    return SA;
+}
+#endif
+
 #if FL_VNNI
 #include "dot_avx512.h"
 #elif FL_SIMD
@@ -359,9 +388,6 @@ ALWAYS_INLINE float dot_row_f(const int type, const uint8_t *w, const float *x, 
     return s;
 }
 #endif
-
-#define FL_PASTE2(a, b) a##b
-#define FL_PASTE(a, b) FL_PASTE2(a, b)
 
 /* one case per type so that dot_row_q is specialised with the type as a constant */
 #if FL_SIMD

@@ -76,25 +76,25 @@ const void *fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 /* AVX-512 VNNI: matrix products of at least this many tokens (`batch`, the whole product's) run
  * on repacked 16-row strips, which sum in another order than the smaller ones' tiles */
 #define FL_STRIP_MIN_T 8
-/* AVX-512: this thread's per-32 sums of a matmul's activation quants (the strips' offsets), once per matmul */
-const void *fl_strip_sums(const fl_q8 *a, int64_t nb32, int64_t T);
+/* AVX2 / AVX-512: this thread's per-32 sums of a matmul's activation quants (the strips' offsets) */
 const void *fl_strip_sums_avx2(const fl_q8 *a, int64_t nb32, int64_t T);
+const void *fl_strip_sums_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 /* the types that take them: one scale (and min) per 32 elements. With a scale per 16 (Q2_K Q3_K
  * Q6_K) the float work per vpdpbusd doubles and the 2-row tiles are as fast. */
 #define FL_STRIP_TYPE(t) \
     ((t) == FL_Q4_0 || (t) == FL_Q4_1 || (t) == FL_Q5_0 || (t) == FL_Q5_1 || (t) == FL_Q8_0 || (t) == FL_Q4_K || (t) == FL_Q5_K)
 int fl_batch_min_tokens(void);
 
-/* Matrices repacked in 16-row strips (repack.c) for the AVX-512 VNNI strip products: their type is
- * the blocks' type | FL_PACKED. QB, SB: bytes of quants, of scales per 16 rows x 32 columns; BB
- * per 16 rows x 256 columns (Q4_K's d, dmin). */
+/* Matrices repacked in 16-row strips (repack.c) for the AVX-512 VNNI strip products (and their AVX2
+ * twins, strips_avx2.h): their type is the blocks' type | FL_PACKED. QB, SB: bytes of quants, of
+ * scales per 16 rows x 32 columns; BB per 16 rows x 256 columns (Q4_K's d, dmin). */
 #define FL_PACKED 64
 #define FL_PACKED_QB(t) ((t) == FL_Q8_0 ? 512 : (t) == FL_Q5_0 ? 320 : 256)
 #define FL_PACKED_SB(t) ((t) == FL_Q4_1 ? 64 : 32)
 #define FL_PACKED_BB(t) ((t) == FL_Q4_K ? 64 : 0)
 int fl_packable(int type);
 size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols);
-/* rows [r0, r1) (r0 a multiple of 16) x T tokens of a packed matrix; sa: fl_strip_sums of a */
+/* rows [r0, r1) (r0 a multiple of 16) x T tokens of a packed matrix; sa: fl_strip_sums_* of a */
 void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,
                        int64_t r0, int64_t r1, float *y, int64_t ldy);
 void fl_mm_packed_avx2(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,

@@ -4,27 +4,6 @@
  * saturate), and the float work is the VNNI kernel's lane for lane, so every row gets the same
  * bits on both ISAs. */
 
-static __thread int32_t *SA2; /* per token and 32 elements: the sum of the activation quants */
-static __thread size_t SA2_CAP;
-
-const void *fl_strip_sums_avx2(const fl_q8 *a, int64_t nb32, int64_t T) {
-    const size_t need = (size_t)(T * nb32) * sizeof(int32_t);
-    if (need > SA2_CAP) {
-        free(SA2);
-        SA2 = aligned_alloc(64, (need + 63) / 64 * 64);
-        SA2_CAP = SA2 ? need : 0;
-        if (!SA2) return NULL;
-    }
-    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-    for (int64_t t = 0; t < T * nb32; t++) { /* |sum| <= 32 x 128: exact in 16 bits */
-        const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, load32((const uint8_t *)a[t].q)), ones16);
-        __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-        SA2[t] = _mm_cvtsi128_si32(_mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1)));
-    }
-    return SA2;
-}
-
 /* group s of rows 8 half .. 8 half + 7: the 8 quant registers, scales dw and mins mw */
 ALWAYS_INLINE void half_group(const int type, const uint8_t *qs, const uint8_t *ss, const uint8_t *bs, int64_t s,
                               int half, __m256i *wq, __m256 *dw, __m256 *mw) {
