@@ -297,9 +297,8 @@ class GGUFFile:
         """sha256 of the header (metadata and tensor table) and the file size: which model it is."""
         import hashlib
 
-        with open(self.path, "rb") as f:
-            h = hashlib.sha256(f.read(self.data_offset))
-        h.update(str(os.path.getsize(self.path)).encode())
+        h = hashlib.sha256(memoryview(self._mm)[: self.data_offset])  # the mapped header, not a second read
+        h.update(str(len(self._mm)).encode())
         return h.hexdigest()
 
     def check_supported(self) -> None:
