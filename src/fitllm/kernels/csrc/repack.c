@@ -1,8 +1,9 @@
 /* Weights regrouped 16 rows at a time for the AVX-512 VNNI products, which AVX2 runs as two 8-row
  * halves (llama.cpp repacks Q4_0 and Q4_K likewise at load). Per strip of 16 rows and per 32
- * columns, the quants come as the strips' vpdpbusd operands want them: register g holds 4 quants of each of the 16 rows (bytes 4r..4r+3 =
- * elements 4g..4g+3 of row r); 4-bit ones two registers to a byte (g = 2h in the low nibbles,
- * 2h + 1 in the high), Q5_0's fifth bits as one 64-bit mask per register, Q8_0's offset by 128.
+ * columns, the quants come as the strips' vpdpbusd operands want them: register g holds 4 quants
+ * of each of the 16 rows (bytes 4r..4r+3 = elements 4g..4g+3 of row r); 4-bit ones two registers
+ * to a byte (g = 2h in the low nibbles, 2h + 1 in the high), Q5_0's fifth bits as one 64-bit mask
+ * per register, Q8_0's offset by 128.
  * A strip is [quants per 32 columns][scales per 32 columns][per 256-column block]: the 16 fp16
  * scales d (Q4_1: and mins m) of each 32; Q4_K's 6-bit scales and mins of each 32 as bytes, and
  * its fp16 d and dmin per block. Rows past the matrix are zeros. About the blocks' own size. */
@@ -123,7 +124,7 @@ int fl_repack_file(int fd, const fl_repack_job *jobs, int64_t njobs, int nthread
         if (!rb || !need) { rc = FL_EBADTYPE; break; }
         if ((size_t)jb->dst_bytes < need || jb->offset < 0) { rc = FL_ESIZE; break; }
         const size_t strip = strip_bytes((int)jb->type, jb->ncols);
-        const int64_t rows = (int64_t)((4u << 20) / rb / 16 * 16) > 16 ? (int64_t)((4u << 20) / rb / 16 * 16) : 16;
+        const int64_t fit = (int64_t)((4u << 20) / rb / 16 * 16), rows = fit > 16 ? fit : 16; /* ~4 MiB of whole strips */
         if (cap < rows * rb) {
             free(stage);
             cap = rows * rb;

@@ -110,11 +110,11 @@ ALWAYS_INLINE __m256 exp8(__m256 x) {
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-/* exp8 of x[i] - sub for i < n (x[n..] read as -inf), into y */
-ALWAYS_INLINE void exp_tail(const float *x, int64_t n, float sub, float *y) {
+/* exp8 of x[i] for i < n (x[n..] read as -inf), into y */
+ALWAYS_INLINE void exp_tail(const float *x, int64_t n, float *y) {
     float t[8];
     for (int j = 0; j < 8; j++) t[j] = j < n ? x[j] : -INFINITY;
-    _mm256_storeu_ps(t, exp8(_mm256_sub_ps(_mm256_loadu_ps(t), _mm256_set1_ps(sub))));
+    _mm256_storeu_ps(t, exp8(_mm256_loadu_ps(t)));
     for (int j = 0; j < n; j++) y[j] = t[j];
 }
 #endif
@@ -173,7 +173,7 @@ void FL_PASTE(fl_swiglu_, FL_SUFFIX)(float *gate, const float *up, int64_t n) {
         const int64_t j0 = j;
         float e[8], ng[8];
         for (int64_t k = 0; k < n - j0; k++) ng[k] = -gate[j0 + k];
-        exp_tail(ng, n - j0, 0.f, e);
+        exp_tail(ng, n - j0, e);
         for (; j < n; j++) gate[j] = gate[j] / (1.0f + e[j - j0]) * up[j];
     }
 #endif
