@@ -91,8 +91,8 @@ def isa():
 @pytest.mark.parametrize("path", [p for p in (1, 2) if p <= K.isa_supported()], ids=K.ISA_NAMES.get)
 def test_repacked_weights_decode_as_prompt_batches(smollm2_path, tmp_path, monkeypatch, isa, path):
     # repacked (the default with AVX2 or AVX-512 VNNI), a token's logits are the same bits one by one
-    # as in a prompt batch, and (VNNI) those of the file's own blocks in batches of
-    # batch_min_tokens() or more; a second load maps the strips the first one cached
+    # as in a prompt batch, and those of the file's own blocks in batches of batch_min_tokens() or
+    # more; a second load maps the strips the first one cached
     K.set_isa(path)
     monkeypatch.setenv("FITLLM_CACHE", str(tmp_path))
     toks = list(range(300, 312))  # 12 tokens: one batch over the strips' threshold
@@ -117,8 +117,6 @@ def test_repacked_weights_decode_as_prompt_batches(smollm2_path, tmp_path, monke
     del again  # it maps the entry
     cached.write_bytes(b"short")  # a damaged entry is made again
     assert Llama(model_path=smollm2_path, n_ctx=32, verbose=False)._model.output.weight.data.flags.writeable
-    if path < 2:  # AVX2's own blocks add in another order
-        return
     monkeypatch.setenv("FITLLM_REPACK", "0")
     blocks = Llama(model_path=smollm2_path, n_ctx=32, logits_all=True, verbose=False)
     blocks.eval(toks)

@@ -142,14 +142,23 @@ def test_sizes_are_checked():
         K.set_isa(99)
 
 
-needs_vnni = pytest.mark.skipif(K.isa_supported() < 2, reason="repacked strips are AVX-512 VNNI kernels")
+SIMD = [i for i in ISAS if i >= 1]  # the paths with strips: AVX2, AVX-512 VNNI
 
 
-@needs_vnni
+@pytest.fixture
+def restore_isa():
+    yield
+    K.set_isa(K.isa_supported())
+
+
+@pytest.mark.skipif(not SIMD, reason="repacked strips need AVX2 or AVX-512 VNNI")
+@pytest.mark.parametrize("isa", SIMD, ids=K.ISA_NAMES.get)
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.Q4_K], ids=lambda t: t.name)
-def test_repacked_matrix_sums_as_the_blocks_strips(t):
+def test_repacked_matrix_sums_as_the_blocks_strips(t, isa, restore_isa):
     """A repacked matrix gives, for every batch size and thread count, the bits the blocks' own
     16-row strips give to batches of batch_min_tokens() or more (their arithmetic is the spec)."""
+    K.set_isa(isa)
+    assert K.batch_min_tokens() == 8
     rng = np.random.default_rng(11)
     # a padded last strip; 18 groups of 32 (not a multiple of 64), or 3 K-quant blocks
     rows, cols = 37, 768 if t == T.Q4_K else 576
@@ -200,6 +209,24 @@ def test_repacked_matrix_on_avx2(t):
                     assert np.array_equal(got, K.matmul(int(t) | K.PACKED, packed, rows, cols, x[:T_]))
     finally:
         K.set_threads(threads)
+
+
+@pytest.mark.skipif(K.isa_supported() < 2, reason="compares AVX2 with AVX-512 VNNI")
+@pytest.mark.parametrize("t", [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
+def test_avx2_k_quants_sum_as_avx512(t, restore_isa):
+    """AVX2's K-quant tiles give AVX-512's bits (below the strips' batch size): the offsets of Q3_K
+    and Q6_K out of the integer sums, the mins per block, the same lanes. Gemma-3's outlier
+    activations made AVX2's float offsets cancel and its perplexity drift from llama.cpp's."""
+    rng = np.random.default_rng(13)
+    rows, cols = 37, 768
+    w = make_weights(t, rows, cols, rng)
+    x = (rng.standard_normal((7, cols)) * np.exp(2 * rng.standard_normal(cols))).astype(np.float32)
+    x[:, 5] = 3000.0  # an outlier channel, as Gemma-3's first token has
+    for n in (1, 3, 4, 7):
+        K.set_isa(1)
+        got = K.matmul(int(t), w, rows, cols, x[:n])
+        K.set_isa(2)
+        assert np.array_equal(got, K.matmul(int(t), w, rows, cols, x[:n])), n
 
 
 def test_repack_declines_what_it_has_no_kernel_for():

@@ -18,7 +18,7 @@ int fl_isa_supported(void) {
     return FL_ISA_PORTABLE;
 }
 
-int fl_batch_min_tokens(void) { return fl_get_isa() == FL_ISA_AVX512VNNI ? FL_STRIP_MIN_T : 0; }
+int fl_batch_min_tokens(void) { return fl_get_isa() >= FL_ISA_AVX2 ? FL_STRIP_MIN_T : 0; }
 
 int fl_get_isa(void) {
     if (g_isa < 0) g_isa = fl_isa_supported();
@@ -142,6 +142,26 @@ static void mm_packed(int type, const uint8_t *w, int64_t nrows, int64_t ncols, 
     }
 }
 
+static __thread uint8_t *STRIP; /* AVX2: this thread's strip of a matrix's blocks */
+static __thread size_t STRIP_CAP;
+
+/* AVX2 prompt batches on a matrix's own blocks: each task's 16 rows repacked, then the packed
+ * kernel, so that they sum as the repacked matrix (and AVX-512's strips) do. 0 when out of memory. */
+static int mm_strip_avx2(int type, const uint8_t *w, size_t rb, int64_t r0, int64_t r1, int64_t ncols, const void *act,
+                         const int32_t *sa, int64_t t0, int64_t nt, float *y, int64_t ldy) {
+    const size_t need = fl_packed_bytes(type, 16, ncols);
+    if (need > STRIP_CAP) {
+        free(STRIP);
+        STRIP = aligned_alloc(64, (need + 63) / 64 * 64);
+        STRIP_CAP = STRIP ? need : 0;
+    }
+    if (!STRIP || !sa) return 0;
+    fl_pack_strip(type, w + r0 * rb, rb, (int)(r1 - r0), ncols, STRIP);
+    fl_mm_packed_avx2(type, STRIP, ncols / 32, (const fl_q8 *)act + t0 * (ncols / 32), sa + t0 * (ncols / 32), nt, 0,
+                      r1 - r0, y + t0 * ldy + r0, ldy);
+    return 1;
+}
+
 /* This thread's share of y (T, ldy)[:, :nrows] = act . W^T (+ bias), in tasks of 16 rows x 32 tokens.
  * Inside a parallel region; the caller has checked the sizes. */
 void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
@@ -156,7 +176,9 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
     /* AVX-512 batches of FL_STRIP_MIN_T+ tokens on strips (pk: the tokens' sums), which are repacked
      * once per task: give them more tokens to share it; else the tiles (pk: packed activations) */
     const int strip = isa == FL_ISA_AVX512VNNI && T >= FL_STRIP_MIN_T && FL_STRIP_TYPE(type);
-    const int64_t tpt = strip ? 128 : TOKENS_PER_TASK;
+    const int strip2 = isa == FL_ISA_AVX2 && T >= FL_STRIP_MIN_T && fl_packable(type);
+    const int32_t *sa2 = strip2 ? fl_strip_sums_avx2(act, ncols / 32, T) : NULL;
+    const int64_t tpt = strip || strip2 ? 128 : TOKENS_PER_TASK;
     const int64_t ntask = nrt * ((T + tpt - 1) / tpt);
     const uint8_t *pk = strip ? fl_strip_sums_vnni(act, ncols / 32, T)
                         : isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? fl_pack_vnni(act, ncols / 32, T)
@@ -166,7 +188,9 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
         const int64_t r0 = (k % nrt) * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < nrows ? r0 + ROWS_PER_TASK : nrows;
         const int64_t t0 = (k / nrt) * tpt, nt = T - t0 < tpt ? T - t0 : tpt;
         const uint8_t *a = (const uint8_t *)act + t0 * ab;
-        if (kind >= FL_ACT_Q8_0)
+        if (strip2 && mm_strip_avx2(type, w, rb, r0, r1, ncols, act, sa2, t0, nt, y, ldy))
+            ;
+        else if (kind >= FL_ACT_Q8_0)
             MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, pk ? pk + t0 * pk_token : NULL, nt, r0, r1,
                       y + t0 * ldy, ldy, strip && pk);
         else

@@ -140,6 +140,25 @@ ALWAYS_INLINE __m256 dot_u8s8(__m256i u, __m256i s) {
 #endif
 }
 
+/* the integer offset of a type's quants (taken out of the sums as offset x the activations' sum) */
+ALWAYS_INLINE int int_offset(const int type) {
+    switch (type) {
+    case FL_Q4_0: return 8;
+    case FL_Q5_0: return 16;
+    case FL_Q8_0: return 128;
+    case FL_Q3_K: return 4;
+    case FL_Q6_K: return 32;
+    }
+    return 0;
+}
+
+/* dot_u8s8 of (u - k) and s, the offset taken out in 16 bits: |(u - k) s| pair sums stay in range
+ * for every type with an integer offset */
+ALWAYS_INLINE __m256 dot_u8s8_off(__m256i u, __m256i s, int k) {
+    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(_mm256_set1_epi8((char)k), s));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
 ALWAYS_INLINE float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -153,6 +172,9 @@ ALWAYS_INLINE float hsum8(__m256 v) {
 ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_t *w, size_t rb, const fl_q8 *a,
                           int64_t nb32, int64_t nblk, float *y, int64_t ldy) {
     const int nch = FL_TYPES[type].blck / 32, bsz = FL_TYPES[type].size;
+    /* AVX2: offsets that are a constant times the scale leave the integer sums exactly, as on
+     * AVX-512 (as floats they cancel against the products and lose Gemma-3's outlier activations) */
+    const int kq = FL_VNNI || type == FL_Q8_0 ? 0 : int_offset(type);
     /* fixed sizes (R, C <= 4 are constants after inlining): variable-length arrays would live on the
      * stack and put every accumulation through memory */
     __m256 acc[4][4];
@@ -185,10 +207,12 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
             for (int r = 0; r < R; r++) {
                 __m256i u = chunk_quants(type, w + r * rb + i * bsz, c);
                 /* built from scalars: an 8-byte load over two 4-byte stores would stall store forwarding */
-                const __m128 mp = nch == 1 ? _mm_set1_ps(mn[r][0]) : _mm_setr_ps(mn[r][2 * c], mn[r][2 * c + 1], 0.f, 0.f);
+                const __m128 mp = kq ? _mm_setzero_ps()
+                                  : nch == 1 ? _mm_set1_ps(mn[r][0]) : _mm_setr_ps(mn[r][2 * c], mn[r][2 * c + 1], 0.f, 0.f);
                 for (int t = 0; t < C; t++) {
                     __m256 p;
                     if (type == FL_Q8_0 && !FL_VNNI) p = dot_u8s8(_mm256_sign_epi8(u, u), _mm256_sign_epi8(s[t], u));
+                    else if (!FL_VNNI && kq) p = dot_u8s8_off(u, s[t], kq);
                     else p = dot_u8s8(u, s[t]);
                     const int same = nch == 1 || type == FL_Q4_K || type == FL_Q5_K; /* one scale per 32 */
                     const __m256 scale = same ? _mm256_set1_ps(sc[r][2 * c] * d[t])
@@ -207,17 +231,60 @@ ALWAYS_INLINE void tile_q(const int type, const int R, const int C, const uint8_
         }
 }
 
-/* the integer offset of a type's quants (taken out of the sums as offset x the activations' sum) */
-ALWAYS_INLINE int int_offset(const int type) {
-    switch (type) {
-    case FL_Q4_0: return 8;
-    case FL_Q5_0: return 16;
-    case FL_Q8_0: return 128;
-    case FL_Q3_K: return 4;
-    case FL_Q6_K: return 32;
+#if !FL_VNNI
+/* AVX2 tiles of the K-quants, summed as dot_avx512.h's tile_z sums them, lane for lane: chunks c
+ * and c + 1 of each pair into two 8-lane accumulators (tile_z's low and high halves), integer
+ * offsets out of the integer sums, the mins added once per block, the same final reduction. So a
+ * K-quant matrix gives the same bits on AVX2 as on AVX-512. */
+ALWAYS_INLINE void tile_k(const int type, const int R, const int C, const uint8_t *w, size_t rb, const fl_q8 *a,
+                          int64_t nb32, int64_t nblk, float *y, int64_t ldy) {
+    const int bsz = FL_TYPES[type].size, kq = int_offset(type);
+    const __m256i sidx = _mm256_setr_epi32(1, 2, 12, 13, 23, 24, 34, 35); /* s0, s1 of 4 records */
+    __m256 lo[4][4], hi[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < C; t++) lo[r][t] = hi[r][t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nblk; i++) {
+        float sc[4][16], mn[4][16];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *ahead = w + (r + 2 * R) * rb + i * bsz; /* as tile_q: every line, two tiles on */
+            for (int l = 0; l < bsz; l += 64) _mm_prefetch((const char *)(ahead + l), _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + bsz - 1), _MM_HINT_T0);
+            blk_scales(type, w + r * rb + i * bsz, sc[r], mn[r]);
+        }
+        for (int c = 0; c < 8; c += 2) {
+            __m256i u[4][2];
+            for (int r = 0; r < R; r++) {
+                u[r][0] = chunk_quants(type, w + r * rb + i * bsz, c);
+                u[r][1] = chunk_quants(type, w + r * rb + i * bsz, c + 1);
+            }
+            for (int t = 0; t < C; t++) {
+                const fl_q8 *ab = a + t * nb32 + i * 8 + c;
+                const __m256i s0 = _mm256_loadu_si256((const __m256i *)ab[0].q);
+                const __m256i s1 = _mm256_loadu_si256((const __m256i *)ab[1].q);
+                for (int r = 0; r < R; r++) {
+                    const __m256 p0 = kq ? dot_u8s8_off(u[r][0], s0, kq) : dot_u8s8(u[r][0], s0);
+                    const __m256 p1 = kq ? dot_u8s8_off(u[r][1], s1, kq) : dot_u8s8(u[r][1], s1);
+                    const __m256 w0 = _mm256_set_m128(_mm_set1_ps(sc[r][2 * c + 1] * ab[0].d), _mm_set1_ps(sc[r][2 * c] * ab[0].d));
+                    const __m256 w1 = _mm256_set_m128(_mm_set1_ps(sc[r][2 * c + 3] * ab[1].d), _mm_set1_ps(sc[r][2 * c + 2] * ab[1].d));
+                    lo[r][t] = _mm256_fmadd_ps(p0, w0, lo[r][t]);
+                    hi[r][t] = _mm256_fmadd_ps(p1, w1, hi[r][t]);
+                }
+            }
+        }
+        if (!kq)
+            for (int t = 0; t < C; t++) {
+                const float *rec = (const float *)(a + t * nb32 + i * 8);
+                const __m256 bl = _mm256_i32gather_ps(rec, sidx, 4), bh = _mm256_i32gather_ps(rec + 44, sidx, 4);
+                for (int r = 0; r < R; r++) {
+                    lo[r][t] = _mm256_fmadd_ps(_mm256_loadu_ps(mn[r]), bl, lo[r][t]);
+                    hi[r][t] = _mm256_fmadd_ps(_mm256_loadu_ps(mn[r] + 8), bh, hi[r][t]);
+                }
+            }
     }
-    return 0;
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < C; t++) y[t * ldy + r] = hsum8(_mm256_add_ps(hi[r][t], lo[r][t]));
 }
+#endif
 
 #if FL_SIMD
 static void *grow(void *p, size_t *cap, size_t need) {
@@ -279,6 +346,18 @@ ALWAYS_INLINE void mm_tiles(const int type, const uint8_t *w, size_t rb, int64_t
         for (; t + 8 <= T_; t += 8) zrows(type, 2, 8, w, rb, nb32, a + t * nb32, z + t * (nb32 / 2), nblk, r0, r1, y + t * ldy, ldy);
         for (; t + 4 <= T_; t += 4) zrows(type, 2, 4, w, rb, nb32, a + t * nb32, z + t * (nb32 / 2), nblk, r0, r1, y + t * ldy, ldy);
         for (; t < T_; t++) zrows(type, 4, 1, w, rb, nb32, a + t * nb32, z + t * (nb32 / 2), nblk, r0, r1, y + t * ldy, ldy);
+        return;
+    }
+#else
+    if (FL_TYPES[type].blck == 256) {
+        for (; t + 2 <= T_; t += 2) {
+            for (r = r0; r + 2 <= r1; r += 2) tile_k(type, 2, 2, w + r * rb, rb, a + t * nb32, nb32, nblk, y + t * ldy + r, ldy);
+            for (; r < r1; r++) tile_k(type, 1, 2, w + r * rb, rb, a + t * nb32, nb32, nblk, y + t * ldy + r, ldy);
+        }
+        for (; t < T_; t++) {
+            for (r = r0; r + 4 <= r1; r += 4) tile_k(type, 4, 1, w + r * rb, rb, a + t * nb32, nb32, nblk, y + t * ldy + r, ldy);
+            for (; r < r1; r++) tile_k(type, 1, 1, w + r * rb, rb, a + t * nb32, nb32, nblk, y + t * ldy + r, ldy);
+        }
         return;
     }
 #endif

@@ -94,6 +94,7 @@ int fl_batch_min_tokens(void);
 #define FL_PACKED_BB(t) ((t) == FL_Q4_K ? 64 : 0)
 int fl_packable(int type);
 size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols);
+size_t fl_pack_strip(int type, const uint8_t *rows, size_t rb, int nr, int64_t ncols, uint8_t *out);
 /* rows [r0, r1) (r0 a multiple of 16) x T tokens of a packed matrix; sa: fl_strip_sums_* of a */
 void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,
                        int64_t r0, int64_t r1, float *y, int64_t ldy);

@@ -88,6 +88,15 @@ static void pack_strip(int type, const uint8_t *rows, size_t rb, int nr, int64_t
     }
 }
 
+/* nr (<= 16) rows of blocks as one strip in out (the rows past nr zero), for AVX2 prompt batches on
+ * the file's own blocks: the bits of the repacked matrix. Returns the strip's bytes. */
+size_t fl_pack_strip(int type, const uint8_t *rows, size_t rb, int nr, int64_t ncols, uint8_t *out) {
+    const size_t strip = strip_bytes(type, ncols);
+    if (nr < 16) memset(out, 0, strip);
+    pack_strip(type, rows, rb, nr, ncols / 32, out);
+    return strip;
+}
+
 int fl_repack(int type, const void *src, size_t src_bytes, int64_t nrows, int64_t ncols, void *dst,
               size_t dst_bytes, int nthreads) {
     const size_t need = fl_packed_bytes(type, nrows, ncols), rb = fl_row_bytes(type, ncols);
