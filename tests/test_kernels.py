@@ -145,12 +145,6 @@ def test_sizes_are_checked():
 SIMD = [i for i in ISAS if i >= 1]  # the paths with strips: AVX2, AVX-512 VNNI
 
 
-@pytest.fixture
-def restore_isa():
-    yield
-    K.set_isa(K.isa_supported())
-
-
 @pytest.mark.skipif(not SIMD, reason="repacked strips need AVX2 or AVX-512 VNNI")
 @pytest.mark.parametrize("isa", SIMD, ids=K.ISA_NAMES.get)
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.Q4_K], ids=lambda t: t.name)
