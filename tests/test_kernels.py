@@ -1,5 +1,9 @@
 """Compiled kernels against gguf-py (dequantization, bit-exact) and float64 numpy (matmul)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
@@ -238,3 +242,19 @@ def test_read_sum_reads_every_word(isa):
     words = np.random.default_rng(5).integers(0, 2**63, 4096, dtype=np.uint64)  # 32 KiB: whole runs
     for threads in (1, 2):
         assert K.read_sum(words.view(np.uint8), threads) == int(words.sum(dtype=np.uint64))
+
+
+def _gomp_view(env: dict) -> str:
+    """libgomp's own settings, as the kernels' OpenMP runtime sees them after `import fitllm`."""
+    code = "import ctypes, fitllm.kernels; ctypes.CDLL('libgomp.so.1').omp_display_env(1)"
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    cmd = [sys.executable, "-c", code]
+    r = subprocess.run(cmd, env=clean | env, capture_output=True, text=True, check=True)
+    return r.stderr + r.stdout
+
+
+def test_openmp_spinning_is_bounded():
+    # libgomp's default (300,000 spins a barrier) makes a busy machine decode 30-90x slower
+    assert f"GOMP_SPINCOUNT = '{K.SPINCOUNT}'" in _gomp_view({})
+    assert "GOMP_SPINCOUNT = '300000'" in _gomp_view({"GOMP_SPINCOUNT": "300000"})  # the user's choice stands
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in _gomp_view({"OMP_WAIT_POLICY": "active"})

@@ -24,7 +24,20 @@ _ERRORS = {
 }
 
 
+# libgomp's threads spin 300,000 rounds at every barrier before they sleep; on a machine with other
+# work a waiting thread burns the time slice its descheduled partner needs, and decode collapses.
+# A bounded spin (as llama.cpp's --poll) keeps idle speed; libgomp reads it when it loads, below.
+SPINCOUNT = "10000"
+
+
+def _bound_spinning() -> None:
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return  # the user's own choice
+    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
+
+
 def _load() -> ctypes.CDLL:
+    _bound_spinning()
     here = Path(__file__).parent
     found = sorted(here.glob("_fitllm*.so"))
     if not found:
