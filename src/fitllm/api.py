@@ -18,6 +18,7 @@ from fitllm.gguf import GGUFFile
 from fitllm.gguf.reader import ARRAY
 from fitllm.models import DecoderModel, load_model
 from fitllm.sampling import SamplingParams, make_sampler
+from fitllm.timings import Timings
 from fitllm.tokenizer import GGUFTokenizer
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Llama:
         or "tensor" (2, llama.cpp's "row"), tensor_split the ranks' shares (default: in
         proportion to each host's memory). Rank 0 is the Llama to use; on the other ranks the
         constructor serves rank 0 until it closes, then exits the process (SystemExit(0))."""
+        t0 = time.perf_counter()
         self.model_path = os.fspath(model_path)
         if n_threads:
             kernels.set_threads(n_threads)
@@ -90,6 +92,8 @@ class Llama:
         self.input_ids: list[int] = []
         self._last_logits: np.ndarray | None = None
         self._chat_template = None
+        # what llama.cpp's perf counters say: load, prompt and token evaluation, sampling
+        self.perf = Timings(load_ms=1000.0 * (time.perf_counter() - t0))
         if verbose:
             log.info(
                 "loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer
@@ -215,7 +219,9 @@ class Llama:
         common = min(common, len(tokens) - 1)  # re-evaluate at least one token for its logits
         self.input_ids = self.input_ids[:common]
         self._kv.truncate(common)
+        t = time.perf_counter()
         self.eval(tokens[common:])
+        self.perf.prompt(t, len(tokens) - common)
 
     # --- completions --------------------------------------------------------------------------
     def create_completion(
@@ -298,6 +304,7 @@ class Llama:
         other.input_ids, other._last_logits = [], None
         other._scores = np.zeros_like(self._scores)
         other._seed, other._rng_ = None, None
+        other.perf = Timings(load_ms=self.perf.load_ms)
         return other
 
     def _stream_tokens(
@@ -306,12 +313,17 @@ class Llama:
         """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation)."""
         self._eval_prompt(prompt_tokens)
         finish["reason"] = "length"
+        perf = self.perf
         for i in range(max_tokens):
+            t = time.perf_counter()
             tok = sample(self._last_logits, self.input_ids)
+            perf.sampled(t)
             if self._tok.is_eog(tok):
                 finish["reason"] = "stop"
                 return
             yield tok
             if i + 1 == max_tokens or len(self.input_ids) + 1 >= self._n_ctx:
                 return  # the context holds prompt + completion
+            t = time.perf_counter()
             self.eval([tok])
+            perf.evaluated(t)
