@@ -81,7 +81,7 @@ class Llama:
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         if budget:  # after what it holds besides the weights
-            self._model = self._fit(budget, expert_cache, prefetch_experts)
+            self._model = self._fit(budget, expert_cache, prefetch_experts, memory_budget is not None)
             if repacked is None and isinstance(self._model, DecoderModel):
                 repacked = self._repack(len(os.sched_getaffinity(0)))
         if repacked:
@@ -111,9 +111,10 @@ class Llama:
 
         return repack(self._model, threads) if os.environ.get("FITLLM_REPACK") != "0" else None
 
-    def _fit(self, budget: int, policy: str, prefetch: bool):
-        """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""
-        from fitllm.plan import check_fits, kv_bytes, resident_bytes, shape_of_gguf, work_bytes
+    def _fit(self, budget: int, policy: str, prefetch: bool, given: bool = False):
+        """The model as it fits the budget (given: by the caller, else the machine's): whole, or its
+        experts streamed; else MemoryError."""
+        from fitllm.plan import check_fits, human_size, kv_bytes, resident_bytes, shape_of_gguf, work_bytes
 
         shape, hp = shape_of_gguf(self._file), self._model.hp
         # besides the weights: the KV cache, what the process holds now, and its work buffers
@@ -122,10 +123,10 @@ class Llama:
         if shape.weight_bytes + other <= budget:
             return self._model
         if not shape.expert_bytes or left <= 0:
-            check_fits(shape, self._n_ctx, budget)  # raises, with the numbers
+            check_fits(shape, self._n_ctx, budget, given)  # raises, with the numbers
             if not shape.expert_bytes:
                 return self._model  # within the planning overhead
-        log.info("%s does not fit %.2f GiB: streaming its experts", self.model_path, budget / 2**30)
+        log.info("%s does not fit %s: streaming its experts", self.model_path, human_size(budget))
         from fitllm.expert_cache import ExpertCache
 
         return ExpertCache(self._model, left, policy, prefetch)

@@ -135,11 +135,26 @@ def _convert(a: argparse.Namespace) -> None:
         convert_grok1(a.checkpoint, a.outfile, t, a.tokenizer, a.config, progress=not a.no_progress)
 
 
+def _plan_bandwidth(a: argparse.Namespace) -> tuple[float, str]:
+    """Memory bandwidth, bytes/s, and where it comes from: this machine's is measured only when
+    planning for it (it says nothing of the --hosts asked about, and takes seconds)."""
+    from fitllm import plan as P
+
+    if a.bandwidth:
+        return P.parse_size(a.bandwidth, binary=False), "given"
+    if a.hosts:
+        return P.ASSUMED_BANDWIDTH, "assumed, typical of a server: set the hosts' with --bandwidth"
+    from fitllm import kernels
+    from fitllm.bench import memory_bandwidth_gbs
+
+    print("fitllm: measuring this machine's memory bandwidth ...", file=sys.stderr, flush=True)
+    return memory_bandwidth_gbs() * 1e9, f"measured on this machine, {kernels.get_threads()} threads"
+
+
 def _plan(a: argparse.Namespace) -> None:
     import os
 
     from fitllm import plan as P
-    from fitllm.bench import memory_bandwidth_gbs
 
     if bool(a.model) == bool(a.arch):
         raise ValueError("plan: give a GGUF file or --arch NAME")
@@ -147,9 +162,9 @@ def _plan(a: argparse.Namespace) -> None:
         raise ValueError(f"plan: unknown --arch {a.arch!r} (known: {', '.join(P.ARCHS)})")
     m = P.shape_of_gguf(a.model, a.quant) if a.model else P.ARCHS[a.arch](a.quant or "q8_0")
     hosts = P.parse_hosts(a.hosts) if a.hosts else [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
-    bw = P.parse_size(a.bandwidth, binary=False) if a.bandwidth else memory_bandwidth_gbs() * 1e9
+    bw, how = _plan_bandwidth(a)
     net = (a.net_latency, P.parse_size(a.net_bandwidth, binary=False))
-    text, _ = P.plan(m, hosts, a.ctx_size, bw, *net)
+    text, _ = P.plan(m, hosts, a.ctx_size, bw, *net, bandwidth_note=how)
     print(text)
     disk = P.parse_size(a.disk_bandwidth, binary=False)
     stream = P.stream_estimate(m, min(hosts), a.ctx_size, disk, bw, a.hit_rate)

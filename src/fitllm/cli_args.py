@@ -164,7 +164,11 @@ def _add_convert_plan(sub) -> None:
     pl.add_argument("--quant", help="at this quantization (as fitllm convert --type; --arch default q8_0)")
     pl.add_argument("-c", "--ctx-size", type=int, default=8192)
     pl.add_argument("--hosts", help="memory per host: 4x64G or 64G,32G (default: this machine)")
-    pl.add_argument("--bandwidth", help="memory read bandwidth per host, e.g. 100G (default: measured)")
+    pl.add_argument(
+        "--bandwidth",
+        help="memory read bandwidth per host, e.g. 100G (default: measured on this machine; 50G"
+        " assumed with --hosts)",
+    )
     pl.add_argument("--net-latency", type=float, default=50e-6, help="seconds per message (default 50e-6)")
     pl.add_argument("--net-bandwidth", default="1.25G", help="bytes/s between hosts (default 1.25G: 10 GbE)")
     pl.add_argument("--disk-bandwidth", default="1.5G", help="bytes/s read from disk (expert streaming)")
