@@ -240,8 +240,11 @@ class Llama:
         repeat_penalty: float = 1.0,
         top_k: int = 40,
         logprobs: int | None = None,
+        model: str | None = None,
         **_ignored: Any,
     ) -> dict | Iterator[dict]:
+        """llama-cpp-python's create_completion; model: the name the result gives (default: the
+        model's path)."""
         from fitllm.completion import completion_chunks, completion_result
 
         prompt_tokens = prompt if isinstance(prompt, list) else self.tokenize(prompt.encode(), special=True)
@@ -254,7 +257,7 @@ class Llama:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if max_tokens is None or max_tokens <= 0:
             max_tokens = self._n_ctx - len(prompt_tokens)
-        meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()), model=self.model_path)
+        meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()), model=model or self.model_path)
         finish: dict = {}
         tokens = self._stream_tokens(prompt_tokens, make_sampler(params, rng), max_tokens, finish)
         echo_text = self.detokenize(prompt_tokens).decode("utf-8", "replace") if echo else ""
@@ -289,7 +292,7 @@ class Llama:
         bos_in_text = bool(t.bos_token) and prompt.startswith(t.bos_token)
         tokens = self.tokenize(prompt.encode(), add_bos=not bos_in_text, special=True)
         out = self.create_completion(tokens, max_tokens=max_tokens, stream=stream, **kw)
-        return chat_chunks(out, self.model_path) if stream else chat_result(out)
+        return chat_chunks(out, kw.get("model") or self.model_path) if stream else chat_result(out)
 
     @property
     def _rng(self) -> np.random.Generator:

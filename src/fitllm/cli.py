@@ -73,11 +73,12 @@ def _load(a: argparse.Namespace):
 
 
 def _serve(a: argparse.Namespace) -> None:
-    from fitllm.server import serve
+    from fitllm.server import bind, serve
 
+    sock = bind(a.host, a.port)  # a port in use fails here, before the model loads
     llm = _load(a)
     print(f"fitllm: serving {llm.model_path} on http://{a.host}:{a.port} (chat page at /)", file=sys.stderr)
-    serve(llm, a.host, a.port, a.api_key, a.parallel, a.queue)
+    serve(llm, sock, a.api_key, a.parallel, a.queue, alias=a.alias, access_log=not a.no_access_log)
 
 
 def _chat(a: argparse.Namespace) -> None:

@@ -98,6 +98,8 @@ def _add_serving(sub) -> None:
     sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     sv.add_argument("--parallel", type=int, default=2, help="requests generated at once (slots)")
     sv.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
+    sv.add_argument("-a", "--alias", help="the model's name for clients (default: the file's, less .gguf)")
+    sv.add_argument("--no-access-log", action="store_true", help="no line per request on stderr")
     ch.add_argument("--system", help="a system message")
     ch.add_argument("--temp", type=float, default=0.7)
     ch.add_argument("--top-p", type=float, default=0.95)
