@@ -89,13 +89,15 @@ def _chat(a: argparse.Namespace) -> None:
 
 def _perplexity(a: argparse.Namespace) -> None:
     from fitllm.default_model import default_model_path
-    from fitllm.perplexity import perplexity, sweep
+    from fitllm.perplexity import SWEEP_TYPES, perplexity, sweep, sweep_path
 
     text = open(a.file, encoding="utf-8", errors="replace").read()
     if a.sweep:
         model = a.model or str(default_model_path())
-        table, chart = sweep(model, text, a.sweep, n_ctx=a.ctx_size, threads=a.threads or 2)
+        table, chart = sweep(model, text, a.sweep, n_ctx=a.ctx_size, threads=a.threads or 2, keep=a.keep)
         print(open(table).read() + f"chart: {chart}")
+        if a.keep:
+            print("quantized models: " + " ".join(sweep_path(model, a.sweep, t) for t in SWEEP_TYPES))
         return
     llm = _load(a)
     tokens = llm.tokenize(text.encode(), add_bos=True, special=False)  # as llama.cpp's tool does

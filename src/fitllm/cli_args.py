@@ -123,6 +123,9 @@ def _add_quality(sub) -> None:
     pp.add_argument("-t", "--threads", type=threads)
     pp.add_argument("--chunks", type=int, default=-1, help="at most this many chunks")
     pp.add_argument("--sweep", metavar="DIR", help="quantize the model to each type into DIR: table + chart")
+    pp.add_argument(
+        "--keep", action="store_true", help="--sweep: keep the quantized models (default: deleted)"
+    )
 
 
 def _add_tools(sub) -> None:
