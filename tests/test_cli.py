@@ -50,3 +50,50 @@ def test_convert_then_run(tmp_path):
     assert "architecture:  grok" in r.stdout
     r = fitllm("convert", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.gguf"))
     assert r.returncode == 1 and "no such checkpoint folder" in r.stderr
+
+
+def test_version():
+    from fitllm.cli_args import version
+
+    r = fitllm("--version")
+    assert r.returncode == 0 and r.stdout == f"fitllm {version()}\n", r.stderr
+
+
+def test_verbose_before_or_after_the_subcommand():
+    from fitllm.cli_args import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["-v", "info", "x.gguf"]).verbose
+    assert p.parse_args(["info", "x.gguf", "-v"]).verbose
+    assert p.parse_args(["plan", "--verbose", "--arch", "grok-1"]).verbose
+    assert not p.parse_args(["info", "x.gguf"]).verbose
+
+
+def test_bad_counts_are_one_line_errors():
+    for args, want in [
+        (["run", "-n", "-5"], "-1 (no limit)"),
+        (["run", "-t", "0"], "threads must be at least 1"),
+        (["run", "-t", "-3"], "threads must be at least 1"),
+        (["bench", "-t", "0"], "threads must be at least 1"),
+        (["quantize", "a", "b", "Q8_0", "-t", "-1"], "threads must be at least 1"),
+    ]:
+        r = fitllm(*args)
+        assert r.returncode == 2 and want in r.stderr, (args, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and r.stdout == "", (args, r.stderr)
+
+
+def test_run_prints_llama_cpp_timings_and_n_0_generates_nothing(smollm2_path):
+    r = fitllm("run", "-m", smollm2_path, "-p", "Hello", "-n", "2", "--temp", "0", "-c", "64")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    for label in ("load time", "prompt eval time", "eval time", "total time"):
+        assert any(f"{label} =" in line and " ms" in line for line in lines), (label, r.stderr)
+    assert "/     1 runs" in r.stderr and "tokens per second" in r.stderr  # 2 tokens: 1 evaluated
+    r = fitllm("run", "-m", smollm2_path, "-p", "Hello", "-n", "0", "-c", "64")
+    assert r.returncode == 0 and r.stdout == "Hello\n" and "/     0 runs" in r.stderr, r.stderr
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_it_is_printed(smollm2_path):
+    r = fitllm("run", "-m", smollm2_path, "-p", "one two three four five six", "-c", "4")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("fitllm: error: the prompt is") and len(r.stderr.splitlines()) == 1

@@ -94,3 +94,18 @@ def test_metadata_is_carried_and_requantizing_warns(smollm2_path, f16, written, 
         ftype("Q3_K_L")
     with pytest.raises(ValueError, match="unknown type"):
         ftype("Q9")
+
+
+def test_fallbacks_and_a_larger_output_are_reported(smollm2_path, tmp_path, caplog):
+    # SmolLM2's rows are 576 (and 1536) wide: not whole 256-blocks, so its Q4_K / Q6_K matrices
+    # are written as Q5_0 / Q8_0, and its Q4_K_M file is larger than the Q4_1 one it came from
+    out = tmp_path / "q4km.gguf"
+    with caplog.at_level(logging.INFO, logger="fitllm.quant.gguf_quantize"):
+        types = quantize_gguf(smollm2_path, str(out), "Q4_K_M", progress=False)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    n_q5 = sum(t == "Q5_0" for t in types.values())
+    assert n_q5 >= 100 and any(f"Q4_K -> Q5_0: {n_q5}" in m and "fell back" in m for m in warned), warned
+    assert any("q4km.gguf" in m and "is larger than its input" in m and "MiB" in m for m in warned)
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "blk.0.attn_q.weight: Q4_K -> Q5_0: its rows of 576 are not whole 256-blocks" in info
+    assert sum("-> Q5_0" in m for m in info) == n_q5

@@ -1,5 +1,6 @@
 """Perplexity scored as llama.cpp's tool, against llama.cpp's own numbers on the same files and text."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,20 @@ def test_cli(tmp_path):
     assert Path(DATA / "ppl_text.txt").stat().st_size > 4000
 
 
-def test_sweep_writes_a_table_and_a_chart(smollm2_path, tmp_path):
-    from fitllm.perplexity import sweep
+def test_sweep_writes_a_table_and_a_chart(smollm2_path, tmp_path, capsys):
+    from fitllm.perplexity import sweep, sweep_path
 
     text = (DATA / "ppl_text.txt").read_text()
     table, chart = sweep(smollm2_path, text, str(tmp_path), types=("Q8_0", "Q4_0"), n_ctx=128)
+    err = capsys.readouterr().err.splitlines()
+    steps = [line for line in err if line.startswith("fitllm: sweep ")]
+    assert [line.split(":")[1] for line in steps] == [" sweep 1/2 Q8_0", " sweep 2/2 Q4_0"], err
+    assert all(re.search(r"MB, PPL \d+\.\d{4} \(\d+ s\)$", line) for line in steps), steps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.md", "sweep.png"]  # no models left
+    short = text[:1500]  # two chunks: enough to keep a model
+    sweep(smollm2_path, short, str(tmp_path / "k"), types=("Q4_0",), n_ctx=128, keep=True, progress=False)
+    assert Path(sweep_path(smollm2_path, str(tmp_path / "k"), "Q4_0")).stat().st_size > 50e6
+    assert capsys.readouterr().err == ""
     rows = Path(table).read_text().splitlines()
     assert rows[0].startswith("| type | file MB | PPL") and [r.split(" | ")[0] for r in rows[2:]] == [
         "| Q8_0",

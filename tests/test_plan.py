@@ -100,3 +100,32 @@ def test_expert_streaming_estimate():
     assert "hit rate 90% (given)" in P.stream_estimate(g, 128 << 30, 8192, 5e9, 400e9, hit_rate=0.9)
     assert P.stream_estimate(g, 400 << 30, 8192, 5e9, 400e9) is None  # it fits whole
     assert "does NOT fit" in P.stream_estimate(g, 6 << 30, 8192, 5e9, 400e9)  # dense 3.8 GiB + KV 2
+
+
+def test_sizes_print_in_human_units(smollm2_path):
+    assert [P.human_size(n) for n in (512, 1 << 20, 1536 << 20, 3 << 40)] == [
+        "512 B", "1.00 MiB", "1.50 GiB", "3.00 TiB",
+    ]  # fmt: skip
+    from fitllm import Llama
+
+    with pytest.raises(MemoryError, match=r"needs \d+\.\d\d MiB .* but the memory budget is 1.00 MiB"):
+        Llama(smollm2_path, verbose=False, memory_budget="1M")
+    text, _ = P.plan(P.shape_of_gguf(smollm2_path), [100 << 20], 2048, 20e9, 50e-6, 1.25e9)
+    assert "of 100.00 MiB  <- too big" in text
+
+
+def test_bandwidth_is_measured_only_for_this_machine(monkeypatch, capsys):
+    import fitllm.bench
+    from fitllm.cli import main
+
+    def measured(*a, **kw):
+        raise AssertionError("this machine's bandwidth says nothing of --hosts")
+
+    monkeypatch.setattr(fitllm.bench, "memory_bandwidth_gbs", measured)
+    assert main(["plan", "--arch", "smollm2-135m", "--hosts", "2x1G"]) == 0
+    assert "memory bandwidth 50 GB/s (assumed" in capsys.readouterr().out
+    assert main(["plan", "--arch", "smollm2-135m", "--hosts", "2x1G", "--bandwidth", "80G"]) == 0
+    assert "memory bandwidth 80 GB/s (given)" in capsys.readouterr().out
+    monkeypatch.setattr(fitllm.bench, "memory_bandwidth_gbs", lambda *a, **kw: 12.3)
+    assert main(["plan", "--arch", "smollm2-135m"]) == 0
+    assert "memory bandwidth 12 GB/s (measured on this machine" in capsys.readouterr().out

@@ -2,7 +2,11 @@
 a client leaving mid-stream, a full queue, and many requests without memory growth."""
 
 import json
+import logging
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,8 +58,54 @@ def reference(smollm2_path):
 
 
 def test_models_and_health(served, client):
-    assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct.Q4_1"]
     assert httpx.get(served[0] + "/health").json() == {"status": "ok"}
+
+
+def test_responses_name_the_model_not_its_path(client, served):
+    r = client.completions.create(model="m", prompt="Hi", max_tokens=1)
+    assert r.model == "SmolLM2-135M-Instruct.Q4_1"
+    r = client.chat.completions.create(model="m", messages=CHAT, max_tokens=1)
+    assert r.model == "SmolLM2-135M-Instruct.Q4_1"
+    stream = client.chat.completions.create(model="m", messages=CHAT, max_tokens=2, stream=True)
+    assert {c.model for c in stream} == {"SmolLM2-135M-Instruct.Q4_1"}
+    from starlette.testclient import TestClient
+
+    aliased = TestClient(Server(served[1].llm.fork(), alias="smol").app())
+    assert aliased.get("/v1/models").json()["data"][0]["id"] == "smol"
+    r = aliased.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
+    assert r.json()["model"] == "smol"
+
+
+def test_access_log_a_line_per_request(served, caplog):
+    with caplog.at_level(logging.INFO, logger="fitllm.access"):
+        httpx.get(served[0] + "/health")
+        httpx.get(served[0] + "/v1/models")  # no key: 401
+        deadline = time.time() + 5
+        while len(caplog.records) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fitllm.access"]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"127\.0\.0\.1:\d+ GET /health 200 \d+\.\d ms", lines[0]), lines
+    assert re.fullmatch(r"127\.0\.0\.1:\d+ GET /v1/models 401 \d+\.\d ms", lines[1]), lines
+    from starlette.testclient import TestClient
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fitllm.access"):
+        TestClient(Server(served[1].llm, access_log=False).app()).get("/health")
+    assert not caplog.records
+
+
+def test_a_port_in_use_fails_before_loading(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        # a model that does not exist: the port is checked first
+        model = str(tmp_path / "none.gguf")
+        cmd = [sys.executable, "-m", "fitllm", "serve", "-m", model, "--port", str(port)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr == f"fitllm: error: port {port} is in use\n"
 
 
 def test_completion_chat_and_stream_match_the_library(client, reference):

@@ -18,6 +18,7 @@ from fitllm.gguf import GGUFFile
 from fitllm.gguf.reader import ARRAY
 from fitllm.models import DecoderModel, load_model
 from fitllm.sampling import SamplingParams, make_sampler
+from fitllm.timings import Timings
 from fitllm.tokenizer import GGUFTokenizer
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Llama:
         or "tensor" (2, llama.cpp's "row"), tensor_split the ranks' shares (default: in
         proportion to each host's memory). Rank 0 is the Llama to use; on the other ranks the
         constructor serves rank 0 until it closes, then exits the process (SystemExit(0))."""
+        t0 = time.perf_counter()
         self.model_path = os.fspath(model_path)
         if n_threads:
             kernels.set_threads(n_threads)
@@ -79,7 +81,7 @@ class Llama:
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         if budget:  # after what it holds besides the weights
-            self._model = self._fit(budget, expert_cache, prefetch_experts)
+            self._model = self._fit(budget, expert_cache, prefetch_experts, memory_budget is not None)
             if repacked is None and isinstance(self._model, DecoderModel):
                 repacked = self._repack(len(os.sched_getaffinity(0)))
         if repacked:
@@ -90,6 +92,8 @@ class Llama:
         self.input_ids: list[int] = []
         self._last_logits: np.ndarray | None = None
         self._chat_template = None
+        # what llama.cpp's perf counters say: load, prompt and token evaluation, sampling
+        self.perf = Timings(load_ms=1000.0 * (time.perf_counter() - t0))
         if verbose:
             log.info(
                 "loaded %s (%s, %d layers)", self.model_path, self._file.architecture, self._model.hp.n_layer
@@ -107,9 +111,10 @@ class Llama:
 
         return repack(self._model, threads) if os.environ.get("FITLLM_REPACK") != "0" else None
 
-    def _fit(self, budget: int, policy: str, prefetch: bool):
-        """The model as it fits the budget: whole, or its experts streamed; else MemoryError."""
-        from fitllm.plan import check_fits, kv_bytes, resident_bytes, shape_of_gguf, work_bytes
+    def _fit(self, budget: int, policy: str, prefetch: bool, given: bool = False):
+        """The model as it fits the budget (given: by the caller, else the machine's): whole, or its
+        experts streamed; else MemoryError."""
+        from fitllm.plan import check_fits, human_size, kv_bytes, resident_bytes, shape_of_gguf, work_bytes
 
         shape, hp = shape_of_gguf(self._file), self._model.hp
         # besides the weights: the KV cache, what the process holds now, and its work buffers
@@ -118,10 +123,10 @@ class Llama:
         if shape.weight_bytes + other <= budget:
             return self._model
         if not shape.expert_bytes or left <= 0:
-            check_fits(shape, self._n_ctx, budget)  # raises, with the numbers
+            check_fits(shape, self._n_ctx, budget, given)  # raises, with the numbers
             if not shape.expert_bytes:
                 return self._model  # within the planning overhead
-        log.info("%s does not fit %.2f GiB: streaming its experts", self.model_path, budget / 2**30)
+        log.info("%s does not fit %s: streaming its experts", self.model_path, human_size(budget))
         from fitllm.expert_cache import ExpertCache
 
         return ExpertCache(self._model, left, policy, prefetch)
@@ -215,7 +220,9 @@ class Llama:
         common = min(common, len(tokens) - 1)  # re-evaluate at least one token for its logits
         self.input_ids = self.input_ids[:common]
         self._kv.truncate(common)
+        t = time.perf_counter()
         self.eval(tokens[common:])
+        self.perf.prompt(t, len(tokens) - common)
 
     # --- completions --------------------------------------------------------------------------
     def create_completion(
@@ -233,8 +240,11 @@ class Llama:
         repeat_penalty: float = 1.0,
         top_k: int = 40,
         logprobs: int | None = None,
+        model: str | None = None,
         **_ignored: Any,
     ) -> dict | Iterator[dict]:
+        """llama-cpp-python's create_completion; model: the name the result gives (default: the
+        model's path)."""
         from fitllm.completion import completion_chunks, completion_result
 
         prompt_tokens = prompt if isinstance(prompt, list) else self.tokenize(prompt.encode(), special=True)
@@ -247,7 +257,7 @@ class Llama:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if max_tokens is None or max_tokens <= 0:
             max_tokens = self._n_ctx - len(prompt_tokens)
-        meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()), model=self.model_path)
+        meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()), model=model or self.model_path)
         finish: dict = {}
         tokens = self._stream_tokens(prompt_tokens, make_sampler(params, rng), max_tokens, finish)
         echo_text = self.detokenize(prompt_tokens).decode("utf-8", "replace") if echo else ""
@@ -282,7 +292,7 @@ class Llama:
         bos_in_text = bool(t.bos_token) and prompt.startswith(t.bos_token)
         tokens = self.tokenize(prompt.encode(), add_bos=not bos_in_text, special=True)
         out = self.create_completion(tokens, max_tokens=max_tokens, stream=stream, **kw)
-        return chat_chunks(out, self.model_path) if stream else chat_result(out)
+        return chat_chunks(out, kw.get("model") or self.model_path) if stream else chat_result(out)
 
     @property
     def _rng(self) -> np.random.Generator:
@@ -298,6 +308,7 @@ class Llama:
         other.input_ids, other._last_logits = [], None
         other._scores = np.zeros_like(self._scores)
         other._seed, other._rng_ = None, None
+        other.perf = Timings(load_ms=self.perf.load_ms)
         return other
 
     def _stream_tokens(
@@ -306,12 +317,17 @@ class Llama:
         """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation)."""
         self._eval_prompt(prompt_tokens)
         finish["reason"] = "length"
+        perf = self.perf
         for i in range(max_tokens):
+            t = time.perf_counter()
             tok = sample(self._last_logits, self.input_ids)
+            perf.sampled(t)
             if self._tok.is_eog(tok):
                 finish["reason"] = "stop"
                 return
             yield tok
             if i + 1 == max_tokens or len(self.input_ids) + 1 >= self._n_ctx:
                 return  # the context holds prompt + completion
+            t = time.perf_counter()
             self.eval([tok])
+            perf.evaluated(t)

@@ -103,18 +103,63 @@ def _byte_compile() -> None:
     compileall.compile_dir(os.path.dirname(fitllm.__file__), quiet=2)
 
 
-def run_bench(
-    model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, vs_llamacpp: bool, budget: str = ""
-) -> str:
-    """budget: fitllm's --memory-budget (a MoE bigger than it streams its experts)."""
-    engines = ENGINES if vs_llamacpp else ENGINES[:1]
+def check_llamacpp() -> None:
+    """--vs-llamacpp's dependency, checked before any measurement (they take minutes)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except (ImportError, OSError) as e:  # OSError: the package is there but its library is not
+        raise ValueError(f'--vs-llamacpp needs llama-cpp-python ({e}): pip install "fitllm[bench]"') from None
+
+
+def _say(text: str, end: str = "\n") -> None:
+    print(text, end=end, file=sys.stderr, flush=True)
+
+
+def _measure_all(
+    engines: tuple[str, ...], model: str, threads: int, n_prompt: int, n_gen: int, rounds: int, budget: str,
+    progress: bool,
+) -> dict[str, list[dict]]:  # fmt: skip
+    """Each engine once per round, interleaved; with progress, a line per measurement on stderr."""
     res: dict[str, list[dict]] = {e: [] for e in engines}
-    _byte_compile()
-    for _ in range(rounds):
+    t0, n, k = time.perf_counter(), rounds * len(engines), 0
+    for r in range(rounds):
         for e in engines:
-            res[e].append(_measure(e, model, threads, n_prompt, n_gen, budget if e == "fitllm" else ""))
+            k += 1
+            if progress:
+                _say(f"fitllm: bench {k}/{n}: {e}, round {r + 1}/{rounds} ...", end="")
+            x = _measure(e, model, threads, n_prompt, n_gen, budget if e == "fitllm" else "")
+            res[e].append(x)
+            if progress:
+                took = time.perf_counter() - t0
+                _say(
+                    f" prompt {x['prompt_tps']:.1f} tok/s, decode {x['decode_tps']:.1f} tok/s ({took:.0f} s)"
+                )
+    return res
+
+
+def run_bench(
+    model: str,
+    threads: int,
+    n_prompt: int,
+    n_gen: int,
+    rounds: int,
+    vs_llamacpp: bool,
+    budget: str = "",
+    progress: bool = True,
+) -> str:
+    """budget: fitllm's --memory-budget (a MoE bigger than it streams its experts). The model and
+    the optional dependency are checked before the first measurement."""
+    from fitllm.gguf import GGUFFile
     from fitllm.plan import shape_of_gguf
 
+    GGUFFile(model).check_supported()  # GGUFError: missing, not a GGUF, corrupt, a type fitllm lacks
+    if vs_llamacpp:
+        check_llamacpp()
+    engines = ENGINES if vs_llamacpp else ENGINES[:1]
+    _byte_compile()
+    res = _measure_all(engines, model, threads, n_prompt, n_gen, rounds, budget, progress)
+    if progress:
+        _say("fitllm: measuring the memory bandwidth ...")
     weight_bytes = shape_of_gguf(model).read_per_token()  # MoE: the used experts only
     bw = memory_bandwidth_gbs(threads=threads)
     ceiling = bw * 1e9 / weight_bytes

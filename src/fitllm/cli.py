@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from fitllm.cli_args import build_parser
 from fitllm.convert.grok1_checkpoint import CheckpointError
 from fitllm.gguf import GGUFError
 from fitllm.kv_cache import ContextFullError
@@ -40,6 +41,7 @@ def _run(a: argparse.Namespace) -> None:
         seed=a.seed if a.seed >= 0 else None,
     )
     prompt = a.prompt if a.prompt is not None else ("" if a.interactive else "Once upon a time")
+    _check_prompt(llm, prompt)
     run(
         llm,
         prompt,
@@ -49,7 +51,15 @@ def _run(a: argparse.Namespace) -> None:
         interactive=a.interactive or bool(a.reverse_prompt),
         reverse_prompts=a.reverse_prompt,
     )
+    print(llm.perf.report(), file=sys.stderr)  # as llama.cpp ends a run
     llm.close()
+
+
+def _check_prompt(llm, prompt: str) -> None:
+    """Refuse, before printing it, a prompt the context cannot hold with one token generated."""
+    n, n_ctx = len(llm.tokenize(prompt.encode(), add_bos=True, special=True)), llm.n_ctx()
+    if n >= n_ctx:
+        raise ValueError(f"the prompt is {n} tokens but the context holds {n_ctx}: raise -c or shorten it")
 
 
 def _load(a: argparse.Namespace):
@@ -63,11 +73,12 @@ def _load(a: argparse.Namespace):
 
 
 def _serve(a: argparse.Namespace) -> None:
-    from fitllm.server import serve
+    from fitllm.server import bind, serve
 
+    sock = bind(a.host, a.port)  # a port in use fails here, before the model loads
     llm = _load(a)
     print(f"fitllm: serving {llm.model_path} on http://{a.host}:{a.port} (chat page at /)", file=sys.stderr)
-    serve(llm, a.host, a.port, a.api_key, a.parallel, a.queue)
+    serve(llm, sock, a.api_key, a.parallel, a.queue, alias=a.alias, access_log=not a.no_access_log)
 
 
 def _chat(a: argparse.Namespace) -> None:
@@ -78,13 +89,15 @@ def _chat(a: argparse.Namespace) -> None:
 
 def _perplexity(a: argparse.Namespace) -> None:
     from fitllm.default_model import default_model_path
-    from fitllm.perplexity import perplexity, sweep
+    from fitllm.perplexity import SWEEP_TYPES, perplexity, sweep, sweep_path
 
     text = open(a.file, encoding="utf-8", errors="replace").read()
     if a.sweep:
         model = a.model or str(default_model_path())
-        table, chart = sweep(model, text, a.sweep, n_ctx=a.ctx_size, threads=a.threads or 2)
+        table, chart = sweep(model, text, a.sweep, n_ctx=a.ctx_size, threads=a.threads or 2, keep=a.keep)
         print(open(table).read() + f"chart: {chart}")
+        if a.keep:
+            print("quantized models: " + " ".join(sweep_path(model, a.sweep, t) for t in SWEEP_TYPES))
         return
     llm = _load(a)
     tokens = llm.tokenize(text.encode(), add_bos=True, special=False)  # as llama.cpp's tool does
@@ -125,11 +138,26 @@ def _convert(a: argparse.Namespace) -> None:
         convert_grok1(a.checkpoint, a.outfile, t, a.tokenizer, a.config, progress=not a.no_progress)
 
 
+def _plan_bandwidth(a: argparse.Namespace) -> tuple[float, str]:
+    """Memory bandwidth, bytes/s, and where it comes from: this machine's is measured only when
+    planning for it (it says nothing of the --hosts asked about, and takes seconds)."""
+    from fitllm import plan as P
+
+    if a.bandwidth:
+        return P.parse_size(a.bandwidth, binary=False), "given"
+    if a.hosts:
+        return P.ASSUMED_BANDWIDTH, "assumed, typical of a server: set the hosts' with --bandwidth"
+    from fitllm import kernels
+    from fitllm.bench import memory_bandwidth_gbs
+
+    print("fitllm: measuring this machine's memory bandwidth ...", file=sys.stderr, flush=True)
+    return memory_bandwidth_gbs() * 1e9, f"measured on this machine, {kernels.get_threads()} threads"
+
+
 def _plan(a: argparse.Namespace) -> None:
     import os
 
     from fitllm import plan as P
-    from fitllm.bench import memory_bandwidth_gbs
 
     if bool(a.model) == bool(a.arch):
         raise ValueError("plan: give a GGUF file or --arch NAME")
@@ -137,9 +165,9 @@ def _plan(a: argparse.Namespace) -> None:
         raise ValueError(f"plan: unknown --arch {a.arch!r} (known: {', '.join(P.ARCHS)})")
     m = P.shape_of_gguf(a.model, a.quant) if a.model else P.ARCHS[a.arch](a.quant or "q8_0")
     hosts = P.parse_hosts(a.hosts) if a.hosts else [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
-    bw = P.parse_size(a.bandwidth, binary=False) if a.bandwidth else memory_bandwidth_gbs() * 1e9
+    bw, how = _plan_bandwidth(a)
     net = (a.net_latency, P.parse_size(a.net_bandwidth, binary=False))
-    text, _ = P.plan(m, hosts, a.ctx_size, bw, *net)
+    text, _ = P.plan(m, hosts, a.ctx_size, bw, *net, bandwidth_note=how)
     print(text)
     disk = P.parse_size(a.disk_bandwidth, binary=False)
     stream = P.stream_estimate(m, min(hosts), a.ctx_size, disk, bw, a.hit_rate)
@@ -149,152 +177,10 @@ def _plan(a: argparse.Namespace) -> None:
         print(P.suggest(a.arch, hosts, a.ctx_size, bw, *net))
 
 
-MODEL_HELP = "GGUF file (default: the embedded SmolLM2-135M-Instruct)"
-
-
-def _add_run(sub) -> None:
-    r = sub.add_parser("run", help="generate text (llama.cpp's flags)")
-    r.add_argument("-m", "--model", help=MODEL_HELP)
-    r.add_argument("-p", "--prompt")
-    r.add_argument(
-        "-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until EOS/context)"
-    )
-    r.add_argument("-c", "--ctx-size", type=int, default=4096)
-    r.add_argument("-b", "--batch-size", type=int, default=512)
-    r.add_argument("-t", "--threads", type=int)
-    r.add_argument("--temp", type=float, default=0.8)
-    r.add_argument("--top-k", type=int, default=40)
-    r.add_argument("--top-p", type=float, default=0.95)
-    r.add_argument("--min-p", type=float, default=0.05)
-    r.add_argument("--repeat-penalty", type=float, default=1.0)
-    r.add_argument("--seed", type=int, default=-1)
-    r.add_argument("--color", action="store_true")
-    r.add_argument("-i", "--interactive", action="store_true")
-    r.add_argument("-r", "--reverse-prompt", action="append", default=[])
-    r.add_argument(
-        "--mmap-stream", action="store_true", help="run a model bigger than memory from disk (slow)"
-    )
-    r.add_argument(
-        "--memory-budget",
-        help="memory to use, e.g. 16G (default: the machine's or cgroup's); a bigger MoE streams its experts",
-    )
-    r.add_argument(
-        "--expert-cache", default="lfu", choices=["lfu", "lru"], help="expert cache policy (lru cycles)"
-    )
-    r.add_argument(
-        "--split-mode",
-        default="layer",
-        choices=["layer", "pipeline", "row", "tensor"],
-        help="under mpirun: layers per rank (layer, pipeline) or every layer split (row, tensor)",
-    )
-    r.add_argument(
-        "--split",
-        "--tensor-split",
-        help="under mpirun: the ranks' shares, e.g. 3,2,2 (default: their memory)",
-    )
-    r.set_defaults(func=_run)
-
-
-def _add_serving(sub) -> None:
-    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (and a chat page at /)")
-    ch = sub.add_parser("chat", help="chat in the terminal with the model's chat template")
-    for x in (sv, ch):
-        x.add_argument("-m", "--model", help=MODEL_HELP)
-        x.add_argument("-c", "--ctx-size", type=int, default=4096)
-        x.add_argument("-t", "--threads", type=int)
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
-    sv.add_argument("--parallel", type=int, default=2, help="requests generated at once (slots)")
-    sv.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
-    sv.set_defaults(func=_serve)
-    ch.add_argument("--system", help="a system message")
-    ch.add_argument("--temp", type=float, default=0.7)
-    ch.add_argument("--top-p", type=float, default=0.95)
-    ch.add_argument("-n", "--n-predict", type=int, default=-1)
-    ch.set_defaults(func=_chat)
-
-
-def _add_quality(sub) -> None:
-    qz = sub.add_parser("quantize", help="re-encode a GGUF at a llama.cpp type (Q8_0, Q4_K_M, ...)")
-    qz.add_argument("input")
-    qz.add_argument("output")
-    qz.add_argument(
-        "type", help="F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_M Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"
-    )
-    qz.add_argument("-t", "--threads", type=int, default=len(__import__("os").sched_getaffinity(0)))
-    qz.add_argument("--no-progress", action="store_true")
-    qz.set_defaults(func=_quantize)
-    pp = sub.add_parser("perplexity", help="perplexity of a text file, scored as llama.cpp's perplexity tool")
-    pp.add_argument("-m", "--model", help=MODEL_HELP)
-    pp.add_argument("-f", "--file", required=True, help="the text")
-    pp.add_argument("-c", "--ctx-size", type=int, default=512, help="tokens per chunk")
-    pp.add_argument("-b", "--batch-size", type=int, default=512)
-    pp.add_argument("-t", "--threads", type=int)
-    pp.add_argument("--chunks", type=int, default=-1, help="at most this many chunks")
-    pp.add_argument("--sweep", metavar="DIR", help="quantize the model to each type into DIR: table + chart")
-    pp.set_defaults(func=_perplexity)
-
-
-def _add_tools(sub) -> None:
-    i = sub.add_parser("info", help="architecture, hyper-parameters and tensor types of a GGUF file")
-    i.add_argument("model")
-    i.set_defaults(func=_info)
-
-    b = sub.add_parser("bench", help="prompt/decode speed, load time and peak RSS (optionally vs llama.cpp)")
-    b.add_argument("-m", "--model")
-    b.add_argument("-t", "--threads", type=int, default=2)
-    b.add_argument("-p", "--n-prompt", type=int, default=128)
-    b.add_argument("-n", "--n-gen", type=int, default=128)
-    b.add_argument("-r", "--rounds", type=int, default=3)
-    b.add_argument("--vs-llamacpp", action="store_true")
-    b.add_argument("--memory-budget", help="fitllm's memory budget: a MoE bigger than it streams its experts")
-    b.set_defaults(func=_bench)
-
-
-def _add_convert_plan(sub) -> None:
-    c = sub.add_parser(
-        "convert", help="convert a Hugging Face checkpoint or Grok-1's release checkpoint to GGUF"
-    )
-    c.add_argument(
-        "checkpoint",
-        help="a Hugging Face folder (config.json + weights), or the folder holding Grok-1's ckpt-0/",
-    )
-    c.add_argument("-o", "--outfile", required=True)
-    c.add_argument(
-        "--type",
-        help="f32 f16 bf16 q8_0 ... or a llama.cpp mix such as Q4_K_M (default: f16; q8_0 for ckpt-0/,"
-        " which takes f32 f16 bf16 q8_0 q5_0 q5_1 q4_0 q4_1 q4_k)",
-    )
-    c.add_argument("-t", "--threads", type=int, default=len(__import__("os").sched_getaffinity(0)))
-    c.add_argument("--tokenizer", help="ckpt-0/: tokenizer.model (SentencePiece) to embed")
-    c.add_argument("--config", help="ckpt-0/: JSON object with run.py's fields (default: Grok-1's config)")
-    c.add_argument("--no-progress", action="store_true")
-    c.set_defaults(func=_convert)
-
-    pl = sub.add_parser("plan", help="memory per host, split and decode speed, before loading a model")
-    pl.add_argument("model", nargs="?", help="a GGUF file (or use --arch)")
-    pl.add_argument(
-        "--arch", help="a known model by name, with its real shapes: grok-1, smollm2-135m, gemma3-270m"
-    )
-    pl.add_argument("--quant", help="at this quantization (as fitllm convert --type; --arch default q8_0)")
-    pl.add_argument("-c", "--ctx-size", type=int, default=8192)
-    pl.add_argument("--hosts", help="memory per host: 4x64G or 64G,32G (default: this machine)")
-    pl.add_argument("--bandwidth", help="memory read bandwidth per host, e.g. 100G (default: measured)")
-    pl.add_argument("--net-latency", type=float, default=50e-6, help="seconds per message (default 50e-6)")
-    pl.add_argument("--net-bandwidth", default="1.25G", help="bytes/s between hosts (default 1.25G: 10 GbE)")
-    pl.add_argument("--disk-bandwidth", default="1.5G", help="bytes/s read from disk (expert streaming)")
-    pl.add_argument("--hit-rate", type=float, help="expert cache hit rate (default: uniform routing's)")
-    pl.set_defaults(func=_plan)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fitllm", description="Run GGUF language models on the CPU.")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_serving, _add_quality, _add_tools, _add_convert_plan):
-        add(sub)
-    return p
+HANDLERS = {
+    "run": _run, "serve": _serve, "chat": _chat, "quantize": _quantize, "perplexity": _perplexity,
+    "info": _info, "bench": _bench, "convert": _convert, "plan": _plan,
+}  # fmt: skip
 
 
 def _abort_job(message: str) -> None:
@@ -312,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="fitllm: %(message)s")
     known = (GGUFError, CheckpointError, ContextFullError, ValueError, FileNotFoundError, MemoryError)
     try:
-        a.func(a)
+        HANDLERS[a.command](a)
     except (*known, DistributedError) as e:
         if under_mpirun() and not isinstance(e, DistributedError):
             _abort_job(f"error: {e}")  # the other ranks would wait for this one forever

@@ -6,6 +6,9 @@ and only the second half of each chunk scored: -log p(token i+1 | tokens ..i) fo
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,27 +74,44 @@ def perplexity(
 SWEEP_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "Q3_K_M", "Q2_K")
 
 
+def sweep_path(model: str, out_dir: str, type_name: str) -> str:
+    """Where sweep writes `model` quantized to type_name."""
+    return os.path.join(out_dir, f"{os.path.basename(model).rsplit('.', 1)[0]}.{type_name}.gguf")
+
+
 def sweep(
-    model: str, text: str, out_dir: str, types=SWEEP_TYPES, n_ctx: int = 512, threads: int = 2
+    model: str,
+    text: str,
+    out_dir: str,
+    types=SWEEP_TYPES,
+    n_ctx: int = 512,
+    threads: int = 2,
+    keep: bool = False,
+    progress: bool = True,
 ) -> tuple[str, str]:
     """Quantize `model` to each type, measure file size and perplexity of `text`; write a table
-    (sweep.md) and a chart of size against perplexity (sweep.png). Returns their paths."""
-    import os
-
-    from fitllm.api import Llama
-    from fitllm.quant.gguf_quantize import quantize_gguf
-
+    (sweep.md) and a chart of size against perplexity (sweep.png). Returns their paths. Each
+    quantized model is deleted once measured (the disk holds one at a time) unless keep; with
+    progress, a line per type on stderr (a sweep takes minutes)."""
     os.makedirs(out_dir, exist_ok=True)
-    rows = []
-    for t in types:
-        path = os.path.join(out_dir, f"{os.path.basename(model).rsplit('.', 1)[0]}.{t}.gguf")
-        quantize_gguf(model, path, t, threads, progress=False)
-        llm = Llama(path, n_ctx=n_ctx, verbose=False)
-        tok = llm._tok
-        bos = tok.bos_id if tok.add_bos else None
-        r = perplexity(llm._model, llm.tokenize(text.encode()), n_ctx, n_ctx, bos, progress=False)
-        rows.append((t, os.path.getsize(path), r.ppl, r.stderr))
-        log.info("%s: %.1f MB, PPL %.4f", t, rows[-1][1] / 1e6, r.ppl)
+    rows, t0 = [], time.perf_counter()
+    if progress:  # a line per type when it is done (quantize's warnings come between)
+        print(f"fitllm: sweep: {len(types)} types, each quantized into {out_dir} and scored", file=sys.stderr)
+    for i, t in enumerate(types):
+        path = sweep_path(model, out_dir, t)
+        try:
+            rows.append((t, os.path.getsize(_quantize(model, path, t, threads)), *_ppl(path, text, n_ctx)))
+        finally:
+            if not keep and os.path.exists(path):
+                os.remove(path)
+        if progress:
+            took = time.perf_counter() - t0
+            size, ppl = rows[-1][1] / 1e6, rows[-1][2]
+            print(
+                f"fitllm: sweep {i + 1}/{len(types)} {t}: {size:.1f} MB, PPL {ppl:.4f} ({took:.0f} s)",
+                file=sys.stderr,
+            )
+        log.info("%s: %.1f MB, PPL %.4f", t, rows[-1][1] / 1e6, rows[-1][2])
     table = os.path.join(out_dir, "sweep.md")
     with open(table, "w") as f:
         f.write(
@@ -100,6 +120,25 @@ def sweep(
         for t, size, p, e in rows:
             f.write(f"| {t} | {size / 1e6:.1f} | {p:.4f} | {e:.4f} | {p / rows[0][2] - 1:+.2%} |\n")
     return table, _chart(rows, os.path.join(out_dir, "sweep.png"), os.path.basename(model))
+
+
+def _quantize(model: str, path: str, type_name: str, threads: int) -> str:
+    from fitllm.quant.gguf_quantize import quantize_gguf
+
+    quantize_gguf(model, path, type_name, threads, progress=False)
+    return path
+
+
+def _ppl(path: str, text: str, n_ctx: int) -> tuple[float, float]:
+    """Perplexity of text under the model at path, and its standard error."""
+    from fitllm.api import Llama
+
+    llm = Llama(path, n_ctx=n_ctx, verbose=False)
+    tok = llm._tok
+    bos = tok.bos_id if tok.add_bos else None
+    r = perplexity(llm._model, llm.tokenize(text.encode()), n_ctx, n_ctx, bos, progress=False)
+    llm.close()
+    return r.ppl, r.stderr
 
 
 def _chart(rows: list, path: str, title: str) -> str:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 OVERHEAD = 600 << 20  # interpreter, libraries, work buffers: bytes per host
 WORK_MARGIN = 32 << 20  # thread stacks, allocator slack, page tables: what a running process cannot count
+ASSUMED_BANDWIDTH = 50e9  # bytes/s of memory read: plan's figure for --hosts without --bandwidth
 _PREFIX = "KMGT"
 
 
@@ -262,16 +263,16 @@ def stream_estimate(
     slot = m.expert_bytes // (m.n_layer * m.n_expert)  # one expert of one layer: gate, up, down
     left = memory - (m.weight_bytes - m.expert_bytes) - kv_bytes(m, n_ctx, m.n_layer) - OVERHEAD
     if left < slot:
-        return f"expert streaming on {_gb(memory)}: does NOT fit (the dense part alone needs more)"
+        return f"expert streaming on {human_size(memory)}: does NOT fit (the dense part alone needs more)"
     slots = left // slot
     hit = min(1.0, slots * slot / m.expert_bytes) if hit_rate is None else hit_rate
     disk = m.expert_bytes * m.expert_share * (1 - hit)
     tok_s = 1.0 / (disk / disk_bw + m.read_per_token() / mem_bw)
     how = "uniform routing, the worst case" if hit_rate is None else "given"
     return (
-        f"expert streaming on {_gb(memory)}: {slots} of {m.expert_bytes // slot} experts cached, hit rate"
-        f" {hit:.0%} ({how}), {_gb(disk)} read from disk per token: ~{tok_s:.2f} tok/s at disk"
-        f" {disk_bw / 1e9:.1f} GB/s"
+        f"expert streaming on {human_size(memory)}: {slots} of {m.expert_bytes // slot} experts cached,"
+        f" hit rate {hit:.0%} ({how}), {human_size(disk)} read from disk per token: ~{tok_s:.2f} tok/s"
+        f" at disk {disk_bw / 1e9:.1f} GB/s"
     )
 
 
@@ -282,20 +283,35 @@ def by_type(m: ModelShape) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def _gb(b: float) -> str:
-    return f"{b / (1 << 30):.2f} GiB"
+def human_size(n: float) -> str:
+    """Bytes in the largest binary unit that keeps them >= 1: 512 B, 1.00 MiB, 2.50 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def plan(
-    m: ModelShape, hosts: list[int], n_ctx: int, bandwidth: float, latency: float, net_bw: float
+    m: ModelShape,
+    hosts: list[int],
+    n_ctx: int,
+    bandwidth: float,
+    latency: float,
+    net_bw: float,
+    bandwidth_note: str = "given",
 ) -> tuple[str, bool]:
-    """The plan as text, and whether some split fits."""
-    lines = [f"model {m.name}: {m.n_layer} layers, weights {_gb(m.weight_bytes)}"]
-    lines += [f"  {t:<6} {_gb(b)}" for t, b in by_type(m).items()]
-    lines.append(f"KV cache for {n_ctx} tokens: {_gb(kv_bytes(m, n_ctx, m.n_layer))} (fp16)")
-    lines.append(f"read per decoded token: {_gb(m.read_per_token())}; overhead per host {_gb(OVERHEAD)}")
+    """The plan as text, and whether some split fits; bandwidth_note says where the memory
+    bandwidth comes from (given, measured, assumed)."""
+    lines = [f"model {m.name}: {m.n_layer} layers, weights {human_size(m.weight_bytes)}"]
+    lines += [f"  {t:<6} {human_size(b)}" for t, b in by_type(m).items()]
+    lines.append(f"KV cache for {n_ctx} tokens: {human_size(kv_bytes(m, n_ctx, m.n_layer))} (fp16)")
     lines.append(
-        f"hosts: {', '.join(_gb(h) for h in hosts)}; memory bandwidth {bandwidth / 1e9:.0f} GB/s,"
+        f"read per decoded token: {human_size(m.read_per_token())}; overhead per host {human_size(OVERHEAD)}"
+    )
+    lines.append(
+        f"hosts: {', '.join(human_size(h) for h in hosts)}; memory bandwidth {bandwidth / 1e9:.0f} GB/s"
+        f" ({bandwidth_note}),"
         f" network {latency * 1e6:.0f} us + {net_bw / 1e9:.2f} GB/s"
     )
     any_fits = False
@@ -307,8 +323,8 @@ def plan(
         for i, ((a, b), w, kv, f_) in enumerate(zip(s.layers, s.weights, s.kv, s.fits)):
             need = w + kv + OVERHEAD
             lines.append(
-                f"  rank {i}: layers {a}-{b - 1}  weights {_gb(w)} + KV {_gb(kv)} = {_gb(need)}"
-                f" of {_gb(hosts[i])}{'' if f_ else '  <- too big'}"
+                f"  rank {i}: layers {a}-{b - 1}  weights {human_size(w)} + KV {human_size(kv)}"
+                f" = {human_size(need)} of {human_size(hosts[i])}{'' if f_ else '  <- too big'}"
             )
     return "\n".join(lines), any_fits
 
@@ -379,13 +395,15 @@ def work_bytes(hp: "HParams", n_batch: int) -> int:
     return 4 * n_batch * (4 * hp.n_embd + 3 * hp.n_ff + hp.n_vocab) + WORK_MARGIN
 
 
-def check_fits(m: ModelShape, n_ctx: int, memory: int | None = None) -> None:
-    """Refuse, before loading, a model whose weights, KV cache and overhead exceed this machine."""
+def check_fits(m: ModelShape, n_ctx: int, memory: int | None = None, budget_given: bool = False) -> None:
+    """Refuse, before loading, a model whose weights, KV cache and overhead exceed this machine
+    (or memory, the --memory-budget when budget_given)."""
     memory = machine_memory() if memory is None else memory
+    has = "the memory budget is" if budget_given else "this machine has"
     need = m.weight_bytes + kv_bytes(m, n_ctx, m.n_layer) + OVERHEAD
     if need > memory:
         raise MemoryError(
-            f"{m.name} needs {_gb(need)} (weights, KV cache for {n_ctx} tokens, overhead) but this machine"
-            f" has {_gb(memory)}: use a smaller quantization or context, split it over hosts (fitllm plan),"
-            " or pass --mmap-stream to run it from disk anyway (slow)"
+            f"{m.name} needs {human_size(need)} (weights, KV cache for {n_ctx} tokens, overhead) but"
+            f" {has} {human_size(memory)}: use a smaller quantization or context, split it over hosts"
+            " (fitllm plan), or pass --mmap-stream to run it from disk anyway (slow)"
         )

@@ -13,8 +13,11 @@ GREEN, RESET = "\033[32m", "\033[0m"
 def stream_completion(
     llm: Llama, tokens: list[int], max_tokens: int, sampling: dict, stop: list[str], out: TextIO
 ) -> str:
-    """Print a completion as it is produced; return its text."""
+    """Print a completion as it is produced; return its text. max_tokens -1: until end of
+    generation or a full context; 0: nothing (as llama.cpp's -n)."""
     text = ""
+    if max_tokens == 0:
+        return text  # the API's 0 means "no limit", as llama-cpp-python's
     for chunk in llm.create_completion(tokens, max_tokens=max_tokens, stream=True, stop=stop, **sampling):
         piece = chunk["choices"][0]["text"]
         text += piece

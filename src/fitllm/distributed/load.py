@@ -17,6 +17,7 @@ from fitllm.models.layers import FileRows
 from fitllm.plan import (
     OVERHEAD,
     ModelShape,
+    human_size,
     kv_bytes,
     machine_memory,
     pipeline_split,
@@ -55,9 +56,7 @@ def _check_memory(comm: Comm, share: int, kv: int, mmap_stream: bool) -> None:
     mem = machine_memory()
     need = share + kv + OVERHEAD
     rows = comm.allgather((need, mem))
-    short = [
-        f"rank {r} needs {n / 2**30:.2f} GiB of {m / 2**30:.2f} GiB" for r, (n, m) in enumerate(rows) if n > m
-    ]
+    short = [f"rank {r} needs {human_size(n)} of {human_size(m)}" for r, (n, m) in enumerate(rows) if n > m]
     if short and not mmap_stream:
         raise DistributedError(
             "; ".join(short) + ": add ranks, change --split, or quantize further (fitllm plan)"

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGUFValueType
 from gguf import GGMLQuantizationType as Q
-from gguf import GGUFValueType
 from tqdm import tqdm
 
 from fitllm import kernels
@@ -78,6 +78,7 @@ def quantize_gguf(src: str, dst: str, type_name: str, threads: int = 2, progress
     if any(t.ggml_type not in FLOAT for t in f.tensors.values() if len(t.shape) > 1):
         log.warning("%s is already quantized: re-quantizing it adds the errors of both", src)
     plan = {n: recipe.type_of(n, t.shape) or Q(t.ggml_type) for n, t in f.tensors.items()}
+    _log_fallbacks(recipe, f, plan)
     total = sum(t.nbytes for t in f.tensors.values())
     with GGUFStreamWriter(dst, a) as w, ThreadPoolExecutor(threads) as pool:
         _copy_metadata(f, w)
@@ -97,4 +98,40 @@ def quantize_gguf(src: str, dst: str, type_name: str, threads: int = 2, progress
                     w.write(n, part)
             bar.update(t.nbytes)
         bar.close()
+    _warn_if_larger(src, dst)
     return {n: q.name for n, q in plan.items()}
+
+
+def _log_fallbacks(recipe: Recipe, f: GGUFFile, plan: dict[str, Q]) -> None:
+    """Say which tensors could not take the type the mix wants (rows not whole blocks of it), as
+    llama.cpp does: a warning with the counts, each tensor at -v (often most of a small model)."""
+    moved: dict[tuple[str, str], int] = {}
+    for n, t in f.tensors.items():
+        want = recipe.wanted(n, t.shape)
+        if want is not None and want != plan[n]:
+            block = GGML_QUANT_SIZES[want][0]
+            log.info(
+                "%s: %s -> %s: its rows of %d are not whole %d-blocks",
+                n, want.name, plan[n].name, t.shape[-1], block,
+            )  # fmt: skip
+            key = (want.name, plan[n].name)
+            moved[key] = moved.get(key, 0) + 1
+    if moved:
+        how = ", ".join(f"{a} -> {b}: {k}" for (a, b), k in moved.items())
+        log.warning(
+            "%d of %d tensors fell back to another type: their rows are not whole blocks of the"
+            " wanted one (%s)%s",
+            sum(moved.values()), sum(recipe.wanted(n, t.shape) is not None for n, t in f.tensors.items()),
+            how, "" if log.isEnabledFor(logging.INFO) else "; -v lists them",
+        )  # fmt: skip
+
+
+def _warn_if_larger(src: str, dst: str) -> None:
+    from fitllm.plan import human_size
+
+    a, b = Path(src).stat().st_size, Path(dst).stat().st_size
+    if b > a:
+        log.warning(
+            "%s (%s) is larger than its input %s (%s)", Path(dst).name, human_size(b), Path(src).name,
+            human_size(a),
+        )  # fmt: skip

@@ -45,6 +45,15 @@ def quantizable(name: str, shape: tuple[int, ...]) -> bool:
     )
 
 
+def fit_rows(t: Q, cols: int) -> Q:
+    """t, or its fallback (then F16) when rows of `cols` are not whole blocks of it."""
+    if cols % GGML_QUANT_SIZES[t][0]:
+        t = FALLBACK.get(t, t)
+        if cols % GGML_QUANT_SIZES[t][0]:
+            t = Q.F16
+    return t
+
+
 def _more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
@@ -61,18 +70,16 @@ class Recipe:
         attn_v = sorted((n for n in names if ".attn_v." in n), key=lambda n: int(n.split(".")[1]))
         self.attn_v_index = {n: i for i, n in enumerate(attn_v)}
 
-    def type_of(self, name: str, shape: tuple[int, ...]) -> Q | None:
-        """The tensor's new type; None: kept as it is (norms, routers, ...)."""
+    def wanted(self, name: str, shape: tuple[int, ...]) -> Q | None:
+        """The type the mix gives the tensor, before its rows are checked; None: kept as it is."""
         if not quantizable(name, shape):
             return None
-        t = self.base
-        if self.base not in FLOAT:
-            t = self._mix(name, shape, t)
-            if shape[-1] % GGML_QUANT_SIZES[t][0]:
-                t = FALLBACK.get(t, t)
-                if shape[-1] % GGML_QUANT_SIZES[t][0]:
-                    t = Q.F16
-        return t
+        return self.base if self.base in FLOAT else self._mix(name, shape, self.base)
+
+    def type_of(self, name: str, shape: tuple[int, ...]) -> Q | None:
+        """The tensor's new type; None: kept as it is (norms, routers, ...)."""
+        t = self.wanted(name, shape)
+        return None if t is None else fit_rows(t, shape[-1])
 
     def _mix(self, name: str, shape: tuple[int, ...], t: Q) -> Q:
         f, m = self.ftype, re.match(r"blk\.(\d+)\.", name)

@@ -1,5 +1,5 @@
 """OpenAI-compatible HTTP server (`fitllm serve`)."""
 
-from fitllm.server.app import Server, serve
+from fitllm.server.app import Server, bind, serve
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "bind", "serve"]

@@ -9,8 +9,10 @@ token in flight and gives its slot back."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +21,7 @@ from typing import Any
 
 from anyio import to_thread
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -28,6 +31,7 @@ from fitllm.chat import ChatTemplateError
 from fitllm.kv_cache import ContextFullError
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("fitllm.access")
 PAGE = Path(__file__).with_name("page.html")
 
 
@@ -130,11 +134,54 @@ class ClosingStream(StreamingResponse):
             await self.body_iterator.aclose()
 
 
+class AccessLog:
+    """ASGI middleware: a line per request when its response has ended (a stream: its last
+    event), as uvicorn's access log but timed: client, method, path, status, duration."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]  # 500: the app failed before it answered
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            client = scope.get("client")
+            access_log.info(
+                "%s %s %s %d %.1f ms", f"{client[0]}:{client[1]}" if client else "-", scope["method"],
+                scope["path"], status[0], 1000 * (time.perf_counter() - t0),
+            )  # fmt: skip
+
+
+def model_name(path: str) -> str:
+    """What clients see as the model: the file's name without .gguf, not a local path."""
+    name = Path(path).name
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
 class Server:
-    def __init__(self, llm: Llama, api_key: str | None = None, parallel: int = 1, queue: int = 64) -> None:
+    def __init__(
+        self,
+        llm: Llama,
+        api_key: str | None = None,
+        parallel: int = 1,
+        queue: int = 64,
+        alias: str | None = None,
+        access_log: bool = True,
+    ) -> None:
+        """alias: the model's name for clients (llama-server's --alias; default: the file's name);
+        access_log: a line per request on the fitllm.access logger (at INFO)."""
         self.llm, self.api_key = llm, api_key
-        self.model_id = Path(llm.model_path).name
-        self.parallel, self.queue = parallel, queue
+        self.model_id = alias or model_name(llm.model_path)
+        self.parallel, self.queue, self.access_log = parallel, queue, access_log
         self.slots: Slots | None = None  # made in the event loop that serves
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -214,14 +261,15 @@ class Server:
             ):
                 raise HTTPError(400, "'prompt' must be a string (or a list of token ids)")
             args = sampling_args(body, slot.n_ctx())
-            return slot.create_completion(prompt, echo=bool(body.get("echo", False)), **args)
+            echo = bool(body.get("echo", False))
+            return slot.create_completion(prompt, echo=echo, model=self.model_id, **args)
 
         return await self._run(request, start)
 
     async def chat_completions(self, request: Request) -> Response:
         def start(slot: Llama, body: dict):
             args = sampling_args(body, slot.n_ctx())
-            return slot.create_chat_completion(body.get("messages"), **args)
+            return slot.create_chat_completion(body.get("messages"), model=self.model_id, **args)
 
         return await self._run(request, start)
 
@@ -233,7 +281,7 @@ class Server:
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
         ]
-        return Starlette(routes=routes)
+        return Starlette(routes=routes, middleware=[Middleware(AccessLog)] if self.access_log else [])
 
 
 def _as_http(e: Exception) -> HTTPError:
@@ -247,7 +295,28 @@ def _as_http(e: Exception) -> HTTPError:
     return HTTPError(500, f"{type(e).__name__}: {e}", "server_error")
 
 
-def serve(llm: Llama, host: str, port: int, api_key: str | None, parallel: int, queue: int) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, made before the model loads: a port in use is a one-line
+    error at once (ValueError), not after loading, and no other process can take it meanwhile."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT does not block
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} is in use") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve(llm: Llama, sock: socket.socket, api_key: str | None, parallel: int, queue: int, **kw: Any) -> None:
+    """Serve on a socket from bind(); kw: Server's alias and access_log."""
     import uvicorn
 
-    uvicorn.run(Server(llm, api_key, parallel, queue).app(), host=host, port=port, log_level="warning")
+    if kw.get("access_log", True) and not access_log.isEnabledFor(logging.INFO):
+        access_log.setLevel(logging.INFO)  # on by default, as uvicorn's
+    host, port = sock.getsockname()[:2]
+    app = Server(llm, api_key, parallel, queue, **kw).app()
+    config = uvicorn.Config(app, host, port, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
