@@ -211,7 +211,9 @@ def _add_serving(sub) -> None:
     ch.add_argument("--system", help="a system message")
     ch.add_argument("--temp", type=float, default=0.7)
     ch.add_argument("--top-p", type=float, default=0.95)
-    ch.add_argument("-n", "--n-predict", type=int, default=-1)
+    ch.add_argument(
+        "-n", "--n-predict", type=int, default=512, help="tokens per reply at most (-1: until EOS/context)"
+    )
     ch.set_defaults(func=_chat)
 
 
