@@ -20,6 +20,7 @@ def write_tiny(
     seed=0,
     n_expert=0,
     n_used=2,
+    bos=True,
     **extra,
 ) -> str:
     """A random model; n_expert > 0 gives every layer a router and stacked experts (grok: always)."""
@@ -45,7 +46,8 @@ def write_tiny(
     w.add_token_list(VOCAB)
     w.add_token_types([3, 3, 3] + [1] * (len(VOCAB) - 3))
     w.add_token_merges([])
-    w.add_bos_token_id(1)
+    if bos:  # bos=False: a vocabulary without one (an empty prompt has nothing to start from)
+        w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     if n_expert:
         w.add_expert_count(n_expert)

@@ -199,8 +199,8 @@ class Llama:
 
     def eval(self, tokens: Sequence[int]) -> None:
         tokens = list(tokens)
-        if not tokens:
-            return
+        if not tokens:  # nothing evaluated has no logits to sample from
+            raise ValueError("eval: no tokens to evaluate")
         start = len(self.input_ids)
         logits = prefill(self._model, self._kv, tokens, self.n_batch, all_logits=self.logits_all)
         self.input_ids.extend(tokens)
@@ -212,6 +212,8 @@ class Llama:
 
     def _eval_prompt(self, tokens: list[int]) -> None:
         """Evaluate a prompt, reusing the cached prefix it shares with what was evaluated before."""
+        if not tokens:  # else the cut below keeps the previous request's tokens and logits
+            raise ValueError("the prompt has no tokens")
         common = 0
         for a, b in zip(self.input_ids, tokens):
             if a != b:
@@ -247,7 +249,7 @@ class Llama:
         model's path)."""
         from fitllm.completion import completion_chunks, completion_result
 
-        prompt_tokens = prompt if isinstance(prompt, list) else self.tokenize(prompt.encode(), special=True)
+        prompt_tokens = self._prompt_tokens(prompt)
         if len(prompt_tokens) >= self._n_ctx:
             raise ValueError(
                 f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self._n_ctx}"
@@ -266,6 +268,15 @@ class Llama:
         return completion_result(self, tokens, finish, stops, echo_text, meta, len(prompt_tokens))
 
     __call__ = create_completion
+
+    def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
+        """The prompt's tokens; an empty prompt is [BOS], as llama.cpp and llama-cpp-python start it."""
+        tokens = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt.encode(), special=True)
+        if tokens:
+            return tokens
+        if self._tok.bos_id is None:
+            raise ValueError("the prompt is empty and the model has no BOS token to start from")
+        return [self._tok.bos_id]
 
     @property
     def chat_template(self):

@@ -103,7 +103,13 @@ def _add_serving(sub) -> None:
     ch.add_argument("--system", help="a system message")
     ch.add_argument("--temp", type=float, default=0.7)
     ch.add_argument("--top-p", type=float, default=0.95)
-    ch.add_argument("-n", "--n-predict", type=n_predict, default=-1)
+    ch.add_argument(
+        "-n",
+        "--n-predict",
+        type=n_predict,
+        default=512,
+        help="tokens per reply at most (-1: until EOS/context)",
+    )
 
 
 def _add_quality(sub) -> None:

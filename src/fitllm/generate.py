@@ -15,6 +15,8 @@ def prefill(
     model: DecoderModel, kv: KVCache, tokens: Sequence[int], n_batch: int = 512, all_logits: bool = False
 ) -> np.ndarray:
     """Evaluate tokens in batches of n_batch; logits of the last token (or of all of them)."""
+    if not len(tokens):
+        raise ValueError("prefill: no tokens to evaluate")
     out = []
     for i in range(0, len(tokens), n_batch):
         out.append(model.forward(np.asarray(tokens[i : i + n_batch]), kv, all_logits))

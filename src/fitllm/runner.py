@@ -1,29 +1,46 @@
-"""`fitllm run`: stream a completion to the terminal, llama.cpp style, optionally interactive."""
+"""`fitllm run`: stream a completion to the terminal, llama.cpp style, optionally interactive;
+`fitllm chat`: a conversation with the model's chat template. The terminal handling is in tty.py,
+chat's slash commands in chat_commands.py."""
 
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TextIO
 
 from fitllm.api import Llama
+from fitllm.chat_commands import Conversation, is_command, run_command
+from fitllm.tty import line_editing, read_line, reply_mode
 
 GREEN, RESET = "\033[32m", "\033[0m"
 
 
-def stream_completion(
-    llm: Llama, tokens: list[int], max_tokens: int, sampling: dict, stop: list[str], out: TextIO
+def _stream(
+    chunks: Iterator[dict], piece: Callable[[dict], str], out: TextIO, stop: threading.Event | None = None
 ) -> str:
-    """Print a completion as it is produced; return its text. max_tokens -1: until end of
-    generation or a full context; 0: nothing (as llama.cpp's -n)."""
+    """Print the chunks' text as it comes, until they end or stop is set; return the text."""
     text = ""
-    if max_tokens == 0:
-        return text  # the API's 0 means "no limit", as llama-cpp-python's
-    for chunk in llm.create_completion(tokens, max_tokens=max_tokens, stream=True, stop=stop, **sampling):
-        piece = chunk["choices"][0]["text"]
-        text += piece
-        out.write(piece)
-        out.flush()
+    try:
+        for chunk in chunks:
+            new = piece(chunk)
+            text += new
+            out.write(new)
+            out.flush()
+            if stop is not None and stop.is_set():
+                break
+    finally:
+        chunks.close()  # a reply stopped early frees its generator now
     return text
+
+
+def _completion_text(chunk: dict) -> str:
+    return chunk["choices"][0]["text"]
+
+
+def _chat_text(chunk: dict) -> str:
+    return chunk["choices"][0]["delta"].get("content", "")
 
 
 def run(
@@ -36,59 +53,84 @@ def run(
     reverse_prompts: list[str] | None = None,
     out: TextIO = sys.stdout,
     inp: TextIO = sys.stdin,
+    history: Path | None = None,
 ) -> None:
     """Complete `prompt`; in interactive mode hand over to the user after each turn, which ends at
-    a reverse prompt (then shown, as llama.cpp does) or at end of generation."""
+    a reverse prompt (then shown, as llama.cpp does), at end of generation, or at Ctrl-C. As in
+    llama.cpp, an empty line hands back to the model without adding anything, and Ctrl-D or Ctrl-C
+    at the user's prompt leaves."""
     stops = list(reverse_prompts or []) if interactive else []
     out.write((GREEN + prompt + RESET) if color else prompt)
-    transcript = prompt
-    while True:
+    transcript = shown = prompt
+
+    def complete(stop: threading.Event | None = None) -> str:
+        if n_predict == 0:
+            return ""  # -n 0: nothing, as llama.cpp's (the API's 0 means "no limit", as llama-cpp-python's)
         tokens = llm.tokenize(transcript.encode(), add_bos=True, special=True)
-        transcript += stream_completion(llm, tokens, n_predict, sampling, stops, out)
-        if not interactive:
-            out.write("\n")
-            return
-        if stops:
-            out.write(stops[0])
-            transcript += stops[0]
-        else:
-            out.write("\n> ")
-        out.flush()
-        line = inp.readline()
-        if not line:
-            out.write("\n")
-            return
-        if color:
-            out.write(GREEN + line + RESET)
-        transcript += line
+        chunks = llm.create_completion(tokens, max_tokens=n_predict, stream=True, stop=stops, **sampling)
+        return _stream(chunks, _completion_text, out, stop)
+
+    if not interactive:
+        complete()
+        out.write("\n")
+        return
+    with line_editing(inp, history) as editing:
+        while True:
+            with reply_mode(inp) as stop:
+                text = complete(stop)
+            transcript += text
+            # the reverse prompt (or "> ") follows the text on the screen's line: readline redraws it
+            shown = (shown + text).rpartition("\n")[2] if stops else ""
+            if not stops:
+                out.write("\n")
+            transcript += stops[0] if stops else ""
+            try:
+                line = read_line(
+                    stops[0] if stops else "> ", inp, out, editing, GREEN if color else "", shown
+                )
+            except (EOFError, KeyboardInterrupt):
+                out.write("\n")
+                return
+            shown = ""  # the Enter began a new line
+            if line:  # an empty line hands back to the model, nothing added
+                transcript += line + "\n"
+
+
+def _reply(llm: Llama, conversation: Conversation, sampling: dict, inp: TextIO, out: TextIO) -> None:
+    """Stream the model's reply into the conversation; Ctrl-C stops it and, as in llama.cpp, what
+    it said so far stays in the conversation."""
+    with reply_mode(inp) as stop:
+        chunks = llm.create_chat_completion(conversation.messages, stream=True, **sampling)
+        reply = _stream(chunks, _chat_text, out, stop)
+    out.write("\n")
+    conversation.add("assistant", reply)
 
 
 def chat(
-    llm: Llama, system: str | None, sampling: dict, out: TextIO = sys.stdout, inp: TextIO = sys.stdin
+    llm: Llama,
+    system: str | None,
+    sampling: dict,
+    out: TextIO = sys.stdout,
+    inp: TextIO = sys.stdin,
+    history: Path | None = None,
 ) -> None:
-    """Interactive chat: the model's chat template, replies streamed, the history kept; /reset
-    forgets it, /exit (or end of input) leaves."""
-    history = [{"role": "system", "content": system}] if system else []
-    start = len(history)
-    out.write("fitllm chat: /reset forgets the conversation, /exit leaves\n")
-    while True:
-        out.write("> ")
-        out.flush()
-        line = inp.readline()
-        if not line or line.strip() == "/exit":
-            out.write("\n")
-            return
-        if line.strip() == "/reset":
-            del history[start:]
-            llm.reset()
-            out.write("(conversation reset)\n")
-            continue
-        history.append({"role": "user", "content": line.rstrip("\n")})
-        reply = ""
-        for chunk in llm.create_chat_completion(history, stream=True, **sampling):
-            piece = chunk["choices"][0]["delta"].get("content", "")
-            reply += piece
-            out.write(piece)
-            out.flush()
-        out.write("\n")
-        history.append({"role": "assistant", "content": reply})
+    """Interactive chat: the model's chat template, replies streamed, the conversation kept. Lines
+    starting with "/" are commands (chat_commands.py); empty lines are ignored; Ctrl-D, or Ctrl-C
+    at the prompt, leaves."""
+    conversation = Conversation.start(system)
+    out.write("fitllm chat: /help lists the commands, /exit leaves\n")
+    with line_editing(inp, history) as editing:
+        while True:
+            try:
+                line = read_line("> ", inp, out, editing)
+            except (EOFError, KeyboardInterrupt):
+                out.write("\n")
+                return
+            if not line.strip():
+                continue
+            if is_command(line):
+                if run_command(line, conversation, out):
+                    return
+                continue
+            conversation.add("user", line)
+            _reply(llm, conversation, sampling, inp, out)
