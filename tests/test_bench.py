@@ -62,3 +62,25 @@ def test_a_truncated_model_is_refused_before_measuring(smollm2_path, tmp_path, s
     monkeypatch.setattr(bench, "_measure", lambda *a, **kw: pytest.fail("measured a corrupt file"))
     with pytest.raises(GGUFError, match="truncated or corrupt|too small"):
         bench.run_bench(str(cut), 2, 8, 4, 1, False)
+
+
+def test_llama_cpp_runs_with_its_own_openmp_defaults(monkeypatch):
+    # fitllm bounds libgomp's spinning for itself; the peer is measured as its users run it
+    from fitllm import kernels
+
+    seen = {}
+
+    def run(cmd, env, **kw):
+        seen[cmd[3]] = env
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"decode_tps": 1}\n', stderr="")
+
+    monkeypatch.setattr(kernels, "OWN_ENV", {"GOMP_SPINCOUNT": "10000"})
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    monkeypatch.setattr(subprocess, "run", run)
+    for engine in bench.ENGINES:
+        bench._measure(engine, "m.gguf", 2, 8, 8)
+    assert seen["fitllm"]["GOMP_SPINCOUNT"] == "10000"
+    assert "GOMP_SPINCOUNT" not in seen["llama.cpp"]
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")  # the user's own setting goes to both
+    bench._measure("llama.cpp", "m.gguf", 2, 8, 8)
+    assert seen["llama.cpp"]["GOMP_SPINCOUNT"] == "500"

@@ -63,9 +63,12 @@ def _measure(engine: str, model: str, threads: int, n_prompt: int, n_gen: int, b
         str(n_gen),
         budget,
     ]
-    r = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if engine != "fitllm":  # llama.cpp as its users run it, without the settings fitllm made for itself
+        from fitllm.kernels import OWN_ENV
+
+        env = {k: v for k, v in env.items() if OWN_ENV.get(k) != v}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode:
         raise RuntimeError(f"{engine} benchmark failed: {r.stderr.strip().splitlines()[-1:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -28,12 +28,13 @@ _ERRORS = {
 # work a waiting thread burns the time slice its descheduled partner needs, and decode collapses.
 # A bounded spin (as llama.cpp's --poll) keeps idle speed; libgomp reads it when it loads, below.
 SPINCOUNT = "10000"
+OWN_ENV: dict[str, str] = {}  # what fitllm put in os.environ (a benchmarked peer gets its own defaults)
 
 
 def _bound_spinning() -> None:
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return  # the user's own choice
-    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
+    os.environ["GOMP_SPINCOUNT"] = OWN_ENV["GOMP_SPINCOUNT"] = SPINCOUNT
 
 
 def _load() -> ctypes.CDLL:
