@@ -4,6 +4,7 @@ run` and the server, and never continues from what an earlier request left in th
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -60,9 +61,14 @@ def test_empty_prompt_after_another_does_not_continue_it(llm, from_bos):
     assert after == llm.create_completion("Hello", **GREEDY)["choices"][0]["text"]
 
 
-def test_eval_of_nothing_is_refused(llm):
+def test_eval_of_nothing_changes_nothing(llm):
+    # llama-cpp-python's eval([]) is a no-op; the state (and the logits) stay the previous prompt's
+    llm.eval(llm.tokenize(b"Hello"))
+    ids, logits = list(llm.input_ids), llm._last_logits.copy()
+    llm.eval([])
+    assert llm.input_ids == ids and np.array_equal(llm._last_logits, logits)
     with pytest.raises(ValueError, match="no tokens"):
-        llm.eval([])
+        llm._eval_prompt([])
 
 
 def test_empty_prompt_without_bos_is_a_clear_error(no_bos_model):

@@ -199,8 +199,8 @@ class Llama:
 
     def eval(self, tokens: Sequence[int]) -> None:
         tokens = list(tokens)
-        if not tokens:  # nothing evaluated has no logits to sample from
-            raise ValueError("eval: no tokens to evaluate")
+        if not tokens:  # nothing to do, as llama-cpp-python's eval; prompts never get here empty
+            return
         start = len(self.input_ids)
         logits = prefill(self._model, self._kv, tokens, self.n_batch, all_logits=self.logits_all)
         self.input_ids.extend(tokens)
