@@ -43,7 +43,8 @@ def test_chat_page_streams_a_reply(smollm2_path):
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
         driver.get(url + "/")
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "model").text.endswith(".gguf"))
+        name = Path(smollm2_path).stem  # the model as /v1/models names it: the file, not its path
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "model").text == name)
         driver.find_element(By.ID, "input").send_keys("Write one sentence about the sea.")
         driver.find_element(By.ID, "send").click()
         done = WebDriverWait(driver, 120).until(
