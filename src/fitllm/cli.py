@@ -135,7 +135,7 @@ def _convert(a: argparse.Namespace) -> None:
     from fitllm.convert.grok1 import convert_grok1
     from fitllm.convert.hf import convert_hf, is_hf_folder
 
-    if is_hf_folder(a.checkpoint):
+    if is_hf_folder(a.checkpoint, xai_config=bool(a.config)):
         convert_hf(a.checkpoint, a.outfile, a.type or "f16", a.threads, progress=not a.no_progress)
     else:
         t = (a.type or "q8_0").lower()
