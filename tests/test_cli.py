@@ -97,3 +97,34 @@ def test_a_prompt_longer_than_the_context_is_refused_before_it_is_printed(smollm
     r = fitllm("run", "-m", smollm2_path, "-p", "one two three four five six", "-c", "4")
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.startswith("fitllm: error: the prompt is") and len(r.stderr.splitlines()) == 1
+
+
+def test_sigterm_mid_quantize_leaves_no_part_and_keeps_the_destination(smollm2_path, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "q.gguf"
+    out.write_bytes(b"the previous model")
+    part = tmp_path / "q.gguf.part"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fitllm",
+        "quantize",
+        smollm2_path,
+        str(out),
+        "Q8_0",
+        "-t",
+        "1",
+        "--no-progress",
+    ]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (part.exists() and part.stat().st_size > 4 << 20):  # tensors are being written
+        assert p.poll() is None and time.time() < deadline, "quantize ended before it could be stopped"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1].decode()
+    assert p.returncode == 143, err
+    assert not part.exists()
+    assert out.read_bytes() == b"the previous model"

@@ -187,3 +187,32 @@ def test_query_width_need_not_be_the_embedding_width(tmp_path):
     err = np.linalg.norm(logits(m, TOKS) - ref, axis=1) / np.linalg.norm(ref, axis=1)
     # one token here has its 2nd and 3rd experts within 0.2 %: the fp16 KV cache decides it
     assert np.median(err) <= 1e-3 and (err[gap > 0.01] <= 1e-2).all()
+
+
+@pytest.mark.parametrize("layout", ["ckpt-0", "tensor files"])
+def test_cli_takes_a_release_folder_with_a_config_for_xais(tiny, tmp_path, capsys, layout):
+    # the folder holds run.py's config.json (no `architectures`) beside ckpt-0/ or its files: the
+    # same GGUF as from ckpt-0/ alone, not a Hugging Face folder
+    from fitllm.cli import main
+
+    root, ckpt = tiny[0], tiny[0] / "ckpt" / "ckpt-0"
+    folder = tmp_path / "release"
+    folder.mkdir()
+    if layout == "ckpt-0":
+        (folder / "ckpt-0").symlink_to(ckpt)
+    else:
+        for f in ckpt.iterdir():
+            (folder / f.name).symlink_to(f)
+    (folder / "config.json").write_bytes((root / "config.json").read_bytes())
+    want = root / "tiny.q8_0.gguf"
+    convert(tiny, "q8_0")
+    for config in (["--config", str(folder / "config.json")], []):
+        out = tmp_path / f"out{len(config)}.gguf"
+        args = ["convert", str(folder), "-o", str(out), "--type", "q8_0", "--no-progress", *config]
+        if config:
+            assert main(args) == 0
+            assert out.read_bytes() == want.read_bytes()
+        else:  # run.py's config.json, not given: Grok-1's own config, which these files do not match
+            assert main(args) == 1
+            assert "missing checkpoint file (38 of" in capsys.readouterr().err
+            assert not out.exists()

@@ -5,9 +5,11 @@ misconfigurations end every rank with a message. Each test starts an mpirun job 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,15 @@ JOB = str(Path(__file__).parent / "mpi_job.py")
 MPIRUN = LOCAL_MPIRUN
 
 
+def job_env(**extra: str) -> dict[str, str]:
+    """The jobs import mpi_job.py from here and fitllm from where the tests do (PYTHONPATH=src)."""
+    path = os.pathsep.join(filter(None, [str(Path(JOB).parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
 def mpirun(n: int, model: str, mode: str, out: Path, shares: str = "-", extra=(), timeout=180):
     cmd = [*MPIRUN, "-n", str(n), sys.executable, JOB, model, mode, shares, str(out), *extra]
-    env = {**os.environ, "FITLLM_THREADS": "1", "PYTHONPATH": str(Path(JOB).parent)}
+    env = job_env(FITLLM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -137,8 +145,7 @@ def two_ranks(tmp_path, model0: str, model1: str, rank1_env: tuple[str, ...] = (
     job = [sys.executable, JOB, "layer", "-", str(tmp_path)]
     a, b = ([*job[:2], m, *job[2:]] for m in (model0, model1))
     cmd = [*MPIRUN, "-n", "1", *a, ":", "-n", "1", *rank1_env, *b]
-    env = {**os.environ, "PYTHONPATH": str(Path(JOB).parent)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=job_env())
 
 
 def test_different_model_files_are_refused(models, tmp_path):
@@ -160,3 +167,62 @@ def test_more_ranks_than_layers_is_refused(tmp_path):
     r = mpirun(3, str(path), "layer", tmp_path)
     assert r.returncode != 0
     assert "3 ranks but the model has 2 layers" in r.stderr
+
+
+SLOTS_JOB = str(Path(__file__).parent / "mpi_slots_job.py")
+
+
+def slots_job(model: str, mode: str, out: Path, idle_s: float, timeout_s: float) -> dict:
+    cmd = [*MPIRUN, "-n", "2", sys.executable, SLOTS_JOB, model, mode, str(out), str(idle_s), str(timeout_s)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=job_env(FITLLM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((out / "slots.json").read_text())
+
+
+@pytest.mark.parametrize("mode", ["layer", "tensor"])
+def test_two_caches_take_turns(models, reference, tmp_path, mode):
+    # slots a and b run the same prompt at different times, so a cache shared on the other ranks
+    # would overwrite a's positions with b's
+    got = slots_job(models["smollm2"], mode, tmp_path, 0, 60)
+    assert same_greedy(got["a"], reference["smollm2"][1])
+    assert same_greedy(got["b"], reference["smollm2"][1])
+    assert got["n_slots"] == 2  # a dead cache's slot is reused: memory stays bounded
+
+
+def test_idle_longer_than_the_mpi_timeout(models, reference, tmp_path):
+    # rank 0 idles 4 s between steps (a server without requests, a prompt at the terminal) with a
+    # 2 s timeout: the other ranks wait for the next step, which then still works
+    got = slots_job(models["smollm2"], "layer", tmp_path, 4, 2)
+    assert same_greedy(got["b"], reference["smollm2"][1])
+
+
+def test_split_server_answers_two_slots_after_idling(smollm2_path):
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve = [sys.executable, "-m", "fitllm", "serve", "-m", smollm2_path, "-c", "256", "--port", str(port)]
+    env = job_env(FITLLM_THREADS="1", FITLLM_MPI_TIMEOUT="2")
+    p = subprocess.Popen([*MPIRUN, "-n", "2", *serve, "--parallel", "2"], env=env, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert p.poll() is None and time.time() < deadline, "the server did not start"
+            try:
+                httpx.get(url + "/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        time.sleep(3)  # idle for longer than the MPI timeout
+        body = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
+        with ThreadPoolExecutor(2) as ex:
+            rs = list(ex.map(lambda _: httpx.post(url + "/v1/completions", json=body, timeout=120), range(2)))
+        assert [r.status_code for r in rs] == [200, 200], [r.text for r in rs]
+        texts = {r.json()["choices"][0]["text"] for r in rs}
+        assert len(texts) == 1 and texts != {""}
+    finally:
+        p.terminate()
+        err = p.communicate(timeout=60)[1].decode(errors="replace")
+    assert "giving up" not in err, err[-2000:]

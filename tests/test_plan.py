@@ -129,3 +129,39 @@ def test_bandwidth_is_measured_only_for_this_machine(monkeypatch, capsys):
     monkeypatch.setattr(fitllm.bench, "memory_bandwidth_gbs", lambda *a, **kw: 12.3)
     assert main(["plan", "--arch", "smollm2-135m"]) == 0
     assert "memory bandwidth 12 GB/s (measured on this machine" in capsys.readouterr().out
+
+
+def fake_cgroup(tmp_path, monkeypatch, line: str, files: dict[str, str]) -> None:
+    """This process in a fake cgroup tree: /proc/self/cgroup's line, and limit files under the root."""
+    (tmp_path / "cgroup").write_text(line + "\n")
+    for rel, text in files.items():
+        (tmp_path / "root" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "root" / rel).write_text(text + "\n")
+    monkeypatch.setattr(P, "PROC_CGROUP", str(tmp_path / "cgroup"))
+    monkeypatch.setattr(P, "CGROUP_ROOT", str(tmp_path / "root"))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_fitllm_memory_cannot_raise_a_cgroup_limit(tmp_path, monkeypatch, version):
+    if version == "v2":  # the limit is on the parent; the leaf has none
+        files = {"job/memory.max": "209715200", "job/task/memory.max": "max"}
+        fake_cgroup(tmp_path, monkeypatch, "0::/job/task", files)
+    else:
+        files = {"memory/job/memory.limit_in_bytes": "209715200"}
+        fake_cgroup(tmp_path, monkeypatch, "4:memory:/job", files)
+    monkeypatch.setenv("FITLLM_MEMORY", "100G")
+    assert P.machine_memory() == 200 << 20
+    monkeypatch.setenv("FITLLM_MEMORY", "150M")  # lower than the cgroup: it holds
+    assert P.machine_memory() == 150 << 20
+
+
+def test_a_model_over_the_cgroup_limit_is_refused_with_the_numbers(smollm2_path, tmp_path, monkeypatch):
+    from fitllm import Llama
+
+    fake_cgroup(tmp_path, monkeypatch, "0::/job", {"job/memory.max": "209715200"})
+    monkeypatch.setenv("FITLLM_MEMORY", "100G")
+    with pytest.raises(MemoryError, match=r"needs \d+\.\d\d MiB .* but this machine has 200.00 MiB"):
+        Llama(smollm2_path, verbose=False)
+    # a --memory-budget above the cgroup's limit is no more than the limit either
+    with pytest.raises(MemoryError, match=r"but this machine has 200.00 MiB"):
+        Llama(smollm2_path, verbose=False, memory_budget="100G")

@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
 
-def _budget(budget: int | str | None) -> int:
-    """Bytes this process may use: as given (bytes or "16G"), else the machine's or its cgroup's."""
+def _budget(budget: int | str | None) -> tuple[int, bool]:
+    """Bytes this process may use, and whether they are the caller's: as given (bytes or "16G")
+    unless more than the machine's or its cgroup's (the kernel would kill it), else those."""
     from fitllm.plan import machine_memory, parse_size
 
-    return parse_size(budget) if isinstance(budget, str) else budget or machine_memory()
+    machine = machine_memory()
+    given = parse_size(budget) if isinstance(budget, str) else budget
+    return (given, True) if given and given <= machine else (machine, False)
 
 
 class Llama:
@@ -74,14 +77,14 @@ class Llama:
             self._model = self._load_split(split_mode, tensor_split, mmap_stream)
         else:
             self._model = load_model(self._file)
-        budget = None if split or mmap_stream else _budget(memory_budget)
+        budget, given = (None, False) if split or mmap_stream else _budget(memory_budget)
         # a model that fits twice over is repacked beside the tokenizer's load
         repacked = self._repack() if budget and self._model_bytes() * 2 < budget else None
         self._tok = GGUFTokenizer(self._file)
         self.n_batch = max(1, min(n_batch, self._n_ctx))
         self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         if budget:  # after what it holds besides the weights
-            self._model = self._fit(budget, expert_cache, prefetch_experts, memory_budget is not None)
+            self._model = self._fit(budget, expert_cache, prefetch_experts, given)
             if repacked is None and isinstance(self._model, DecoderModel):
                 repacked = self._repack(len(os.sched_getaffinity(0)))
         if repacked:

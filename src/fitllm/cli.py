@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from fitllm.cli_args import build_parser
 from fitllm.convert.grok1_checkpoint import CheckpointError
@@ -131,7 +135,7 @@ def _convert(a: argparse.Namespace) -> None:
     from fitllm.convert.grok1 import convert_grok1
     from fitllm.convert.hf import convert_hf, is_hf_folder
 
-    if is_hf_folder(a.checkpoint):
+    if is_hf_folder(a.checkpoint, xai_config=bool(a.config)):
         convert_hf(a.checkpoint, a.outfile, a.type or "f16", a.threads, progress=not a.no_progress)
     else:
         t = (a.type or "q8_0").lower()
@@ -183,6 +187,31 @@ HANDLERS = {
 }  # fmt: skip
 
 
+# commands that write OUT.part: SIGTERM (kill, a job's end) must clean up as Ctrl-C does
+WRITERS = ("quantize", "convert", "perplexity")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C's KeyboardInterrupt is, so that the same cleanup runs."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(command: str) -> Iterator[None]:
+    """While a writing command runs (in the main thread), SIGTERM raises Terminated."""
+    if command not in WRITERS or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _abort_job(message: str) -> None:
     from mpi4py import MPI
 
@@ -198,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="fitllm: %(message)s")
     known = (GGUFError, CheckpointError, ContextFullError, ValueError, FileNotFoundError, MemoryError)
     try:
-        HANDLERS[a.command](a)
+        with _sigterm_as_interrupt(a.command):
+            HANDLERS[a.command](a)
     except (*known, DistributedError) as e:
         if under_mpirun() and not isinstance(e, DistributedError):
             _abort_job(f"error: {e}")  # the other ranks would wait for this one forever
@@ -209,6 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         if under_mpirun():
             _abort_job(f"{type(e).__name__}: {e}")
         raise
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        return 143 if isinstance(e, Terminated) else 130  # as a shell reports the signal
     return 0

@@ -154,7 +154,8 @@ def _add_convert_plan(sub) -> None:
     )
     c.add_argument(
         "checkpoint",
-        help="a Hugging Face folder (config.json + weights), or the folder holding Grok-1's ckpt-0/",
+        help="a Hugging Face folder (config.json naming its architectures + weights), or the folder"
+        " holding Grok-1's ckpt-0/ (taken as such with --config, whatever config.json it holds)",
     )
     c.add_argument("-o", "--outfile", required=True)
     c.add_argument(

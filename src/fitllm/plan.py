@@ -340,21 +340,26 @@ def suggest(arch: str, hosts: list[int], n_ctx: int, bandwidth: float, latency: 
     return "suggested: none of the quantizations fits these hosts"
 
 
+# where this process's cgroup and its memory limits are read (module-level: tests use a fake tree)
+PROC_CGROUP = "/proc/self/cgroup"
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
 def _cgroup_limits() -> list[int]:
     """The memory limits of this process's cgroup and its parents (v2 memory.max, v1 limit_in_bytes)."""
     import os
 
     out = []
     try:
-        lines = open("/proc/self/cgroup").read().splitlines()
+        lines = open(PROC_CGROUP).read().splitlines()
     except OSError:
         return out
     for line in lines:
         _, ctrl, path = line.split(":", 2)
         if ctrl == "":  # v2
-            root, name = "/sys/fs/cgroup", "memory.max"
+            root, name = CGROUP_ROOT, "memory.max"
         elif "memory" in ctrl.split(","):
-            root, name = "/sys/fs/cgroup/memory", "memory.limit_in_bytes"
+            root, name = os.path.join(CGROUP_ROOT, "memory"), "memory.limit_in_bytes"
         else:
             continue
         while True:
@@ -370,13 +375,15 @@ def _cgroup_limits() -> list[int]:
 
 
 def machine_memory() -> int:
-    """Bytes this process may use: physical memory, or its cgroup's limit when lower, or what
-    FITLLM_MEMORY says (e.g. 16G: to keep the rest of a shared host free)."""
+    """Bytes this process may use: the least of physical memory, its cgroup's limits and what
+    FITLLM_MEMORY says (e.g. 16G: to keep the rest of a shared host free). FITLLM_MEMORY only
+    lowers it: above a cgroup's limit the kernel would kill the process, with no message."""
     import os
 
+    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), *_cgroup_limits()]
     if os.environ.get("FITLLM_MEMORY"):
-        return parse_size(os.environ["FITLLM_MEMORY"])
-    return min([os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), *_cgroup_limits()])
+        limits.append(parse_size(os.environ["FITLLM_MEMORY"]))
+    return min(limits)
 
 
 def resident_bytes() -> int:

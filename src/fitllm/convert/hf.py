@@ -40,8 +40,26 @@ from fitllm.quant.recipe import Recipe
 log = logging.getLogger(__name__)
 
 
-def is_hf_folder(path: str | Path) -> bool:
-    return (Path(path) / "config.json").is_file()
+def is_hf_folder(path: str | Path, xai_config: bool = False) -> bool:
+    """A folder with config.json, unless it is xAI's release layout (ckpt-0/ or its tensor files)
+    and either its config is given apart (xai_config: --config) or config.json is run.py's (no
+    `architectures`, which every Hugging Face config names)."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        return False
+    if not ((folder / "ckpt-0").is_dir() or any(folder.glob("tensor*_000"))):
+        return True
+    cfg = _json_object(folder / "config.json")
+    return not xai_config and (cfg is None or "architectures" in cfg)
+
+
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in path; None when it is none (load_config then says why)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
 
 
 def load_config(folder: Path) -> dict:

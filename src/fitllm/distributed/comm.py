@@ -1,9 +1,10 @@
 """The MPI side of a split run (mpi4py): who we are, raw-buffer transfers, and failure handling.
 
 Activations move as numpy buffers (mpi4py's upper-case, buffer API), never as pickles; only the
-start-up facts each rank reports (memory, header hash) are small Python objects. A wait that
-lasts longer than `timeout` seconds ends the process with a message naming the peer, so a hung
-or vanished rank cannot hang the others; a rank that dies makes mpirun end the job."""
+start-up facts each rank reports (memory, header hash) are small Python objects. A wait inside a
+step (or at start-up) that lasts longer than `timeout` seconds ends the process with a message
+naming the peer, so a hung or vanished rank cannot hang the others; waiting between steps (an idle
+server, a prompt at the terminal) is not timed. A rank that dies makes mpirun end the job."""
 
 from __future__ import annotations
 
@@ -113,8 +114,13 @@ class Comm:
                 )  # fmt: skip
 
     # --- activations -------------------------------------------------------------------------
-    def bcast(self, buf: np.ndarray) -> None:
-        self._wait("rank 0", self.c.Bcast, buf, 0)
+    def bcast(self, buf: np.ndarray, idle: bool = False) -> None:
+        """buf <- rank 0's. idle: a wait for the next step (rank 0 waits for a user or a request),
+        neither watched nor counted as communication: only a wait inside a step can be a hang."""
+        if idle:
+            self.c.Bcast(buf, 0)
+        else:
+            self._wait("rank 0", self.c.Bcast, buf, 0)
 
     def send(self, buf: np.ndarray, dest: int):
         """Start sending; returns the request (keep buf alive until it is waited for)."""

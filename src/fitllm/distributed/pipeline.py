@@ -37,13 +37,14 @@ class PipelineModel(SplitModel):
         cuts = [T * i // n for i in range(n + 1)]
         return list(zip(cuts[:-1], cuts[1:]))
 
-    def _run_layers(self, x: np.ndarray, pos0: int, n_out: int) -> None:
-        kv = self._kv
+    def _run_layers(self, kv: KVCache, x: np.ndarray, pos0: int, n_out: int) -> None:
         for j, spec in enumerate(self._specs):
             last_layer = self.a + j == self.hp.n_layer - 1
             kernels.layer_forward(spec, kv.k[j], kv.v[j], x, pos0, n_out if last_layer else None)
 
-    def _step(self, tokens: np.ndarray | None, T: int, pos0: int, all_logits: bool) -> np.ndarray | None:
+    def _step(
+        self, kv: KVCache, tokens: np.ndarray | None, T: int, pos0: int, all_logits: bool
+    ) -> np.ndarray | None:
         c, E, reqs, out = self.comm, self.hp.n_embd, [], []
         chunks = self._chunks(T)
         for i, (s, e) in enumerate(chunks):
@@ -53,7 +54,7 @@ class PipelineModel(SplitModel):
             else:
                 x = np.empty((e - s, E), np.float32)
                 c.recv(x, c.rank - 1)
-            self._run_layers(x, pos0 + s, n_out)
+            self._run_layers(kv, x, pos0 + s, n_out)
             if not self.last:
                 reqs.append(c.send(x, c.rank + 1))  # and on to the next micro-batch
             elif all_logits or i == len(chunks) - 1:

@@ -167,14 +167,16 @@ class TensorParallelModel(SplitModel):
     def _new_kv(self, n_ctx: int) -> KVCache:
         return self.local.new_cache(n_ctx)
 
-    def _step(self, tokens: np.ndarray | None, T: int, pos0: int, all_logits: bool) -> np.ndarray | None:
+    def _step(
+        self, kv: KVCache, tokens: np.ndarray | None, T: int, pos0: int, all_logits: bool
+    ) -> np.ndarray | None:
         c = self.comm
         if tokens is None:
             tokens = np.empty(T, np.int32)
         c.bcast(tokens)
         x = np.ascontiguousarray(self.local.embed(tokens), np.float32)
         y = np.empty_like(x)
-        kv, last = self._kv, len(self._specs) - 1
+        last = len(self._specs) - 1
         for i, spec in enumerate(self._specs):
             n_out = T if all_logits or i < last else 1
             kernels.layer_forward(spec, kv.k[i], kv.v[i], x, pos0, n_out, y, kernels.STAGE_ATTN)
