@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -201,6 +201,7 @@ class Llama:
         tokens = list(tokens)
         if not tokens:  # nothing evaluated has no logits to sample from
             raise ValueError("eval: no tokens to evaluate")
+        self._check_ids(tokens)
         start = len(self.input_ids)
         logits = prefill(self._model, self._kv, tokens, self.n_batch, all_logits=self.logits_all)
         self.input_ids.extend(tokens)
@@ -209,6 +210,14 @@ class Llama:
             self._last_logits = logits[-1]
         else:
             self._scores[0] = self._last_logits = logits
+
+    def _check_ids(self, tokens: list[int]) -> None:
+        """ValueError for an id the vocabulary has not: the kernels would wrap it round (or
+        overflow) into another token rather than fail."""
+        n = self._model.hp.n_vocab
+        if tokens and not 0 <= min(tokens) <= max(tokens) < n:
+            bad = next(t for t in tokens if not 0 <= t < n)
+            raise ValueError(f"token id {bad} out of range [0, {n})")
 
     def _eval_prompt(self, tokens: list[int]) -> None:
         """Evaluate a prompt, reusing the cached prefix it shares with what was evaluated before."""
@@ -243,10 +252,12 @@ class Llama:
         top_k: int = 40,
         logprobs: int | None = None,
         model: str | None = None,
+        stopping_criteria: Callable[[np.ndarray, np.ndarray], bool] | None = None,
         **_ignored: Any,
     ) -> dict | Iterator[dict]:
         """llama-cpp-python's create_completion; model: the name the result gives (default: the
-        model's path)."""
+        model's path); stopping_criteria(input_ids, logits) -> True ends generation before the
+        next token (finish_reason "stop"), as llama-cpp-python's."""
         from fitllm.completion import completion_chunks, completion_result
 
         prompt_tokens = self._prompt_tokens(prompt)
@@ -261,7 +272,8 @@ class Llama:
             max_tokens = self._n_ctx - len(prompt_tokens)
         meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()), model=model or self.model_path)
         finish: dict = {}
-        tokens = self._stream_tokens(prompt_tokens, make_sampler(params, rng), max_tokens, finish)
+        sample = make_sampler(params, rng)
+        tokens = self._stream_tokens(prompt_tokens, sample, max_tokens, finish, stopping_criteria)
         echo_text = self.detokenize(prompt_tokens).decode("utf-8", "replace") if echo else ""
         if stream:
             return completion_chunks(self, tokens, finish, stops, echo_text, meta)
@@ -271,7 +283,11 @@ class Llama:
 
     def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
         """The prompt's tokens; an empty prompt is [BOS], as llama.cpp and llama-cpp-python start it."""
-        tokens = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt.encode(), special=True)
+        if isinstance(prompt, str):
+            tokens = self.tokenize(prompt.encode(), special=True)
+        else:
+            tokens = list(prompt)
+            self._check_ids(tokens)
         if tokens:
             return tokens
         if self._tok.bos_id is None:
@@ -323,13 +339,17 @@ class Llama:
         return other
 
     def _stream_tokens(
-        self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict
+        self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict, stopping=None
     ) -> Iterator[int]:
-        """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation)."""
+        """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation or
+        stopping(input_ids, logits) said so)."""
         self._eval_prompt(prompt_tokens)
         finish["reason"] = "length"
         perf = self.perf
         for i in range(max_tokens):
+            if stopping is not None and stopping(np.asarray(self.input_ids), self._last_logits):
+                finish["reason"] = "stop"
+                return
             t = time.perf_counter()
             tok = sample(self._last_logits, self.input_ids)
             perf.sampled(t)
