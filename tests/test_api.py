@@ -106,6 +106,15 @@ def test_stopping_criteria_end_generation(llm):
     assert seen == [(n + i, (llm.n_vocab(),)) for i in range(4)]
 
 
+def test_a_prompt_too_long_to_fit_is_refused_untokenized(llm):
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"Requested tokens \(at least \d+\) exceed context window of 512"):
+        llm.create_completion("word " * 2_000_000, max_tokens=1)  # 10 MB: a minute to tokenize
+    with pytest.raises(ValueError, match="exceed context window of 512"):
+        llm.create_chat_completion([{"role": "user", "content": "word " * 2_000_000}], max_tokens=1)
+    assert time.perf_counter() - t0 < 2
+
+
 @pytest.fixture
 def isa():
     yield

@@ -92,6 +92,7 @@ class Llama:
         self.input_ids: list[int] = []
         self._last_logits: np.ndarray | None = None
         self._chat_template = None
+        self._max_piece_bytes: int | None = None
         # what llama.cpp's perf counters say: load, prompt and token evaluation, sampling
         self.perf = Timings(load_ms=1000.0 * (time.perf_counter() - t0))
         if verbose:
@@ -284,7 +285,7 @@ class Llama:
     def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
         """The prompt's tokens; an empty prompt is [BOS], as llama.cpp and llama-cpp-python start it."""
         if isinstance(prompt, str):
-            tokens = self.tokenize(prompt.encode(), special=True)
+            tokens = self._tokenize_prompt(prompt, add_bos=True)
         else:
             tokens = list(prompt)
             self._check_ids(tokens)
@@ -293,6 +294,17 @@ class Llama:
         if self._tok.bos_id is None:
             raise ValueError("the prompt is empty and the model has no BOS token to start from")
         return [self._tok.bos_id]
+
+    def _tokenize_prompt(self, text: str, add_bos: bool) -> list[int]:
+        """A prompt's tokens; one whose bytes could not fit the context even in the vocabulary's
+        longest pieces is refused untokenized (tokenizing megabytes takes seconds)."""
+        data = text.encode()
+        if self._max_piece_bytes is None:
+            self._max_piece_bytes = max(len(t.encode()) for t in self._tok.tokens) or 1
+        least = -(-len(data) // self._max_piece_bytes)
+        if least >= self._n_ctx:
+            raise ValueError(f"Requested tokens (at least {least}) exceed context window of {self._n_ctx}")
+        return self.tokenize(data, add_bos=add_bos, special=True)
 
     @property
     def chat_template(self):
@@ -317,7 +329,7 @@ class Llama:
         prompt = t.render(messages, add_generation_prompt=True)
         # a template that writes the BOS text itself gets no second one
         bos_in_text = bool(t.bos_token) and prompt.startswith(t.bos_token)
-        tokens = self.tokenize(prompt.encode(), add_bos=not bos_in_text, special=True)
+        tokens = self._tokenize_prompt(prompt, add_bos=not bos_in_text)
         out = self.create_completion(tokens, max_tokens=max_tokens, stream=stream, **kw)
         return chat_chunks(out, kw.get("model") or self.model_path) if stream else chat_result(out)
 
