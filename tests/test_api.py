@@ -82,6 +82,39 @@ def test_prompt_too_long(smollm2_path):
     assert out["usage"]["total_tokens"] <= 16
 
 
+def test_token_ids_out_of_range_are_refused(llm):
+    n = llm.n_vocab()
+    for bad in (2**40, n, -1):
+        msg = f"token id {bad} out of range \\[0, {n}\\)"
+        with pytest.raises(ValueError, match=msg):
+            llm.create_completion([1, bad], max_tokens=1)
+        with pytest.raises(ValueError, match=msg):
+            llm.eval([bad])
+    assert llm.create_completion([1, n - 1], max_tokens=1)["usage"]["prompt_tokens"] == 2
+
+
+def test_stopping_criteria_end_generation(llm):
+    seen = []
+
+    def after_three(input_ids: np.ndarray, logits: np.ndarray) -> bool:
+        seen.append((len(input_ids), logits.shape))
+        return len(seen) > 3
+
+    r = llm.create_completion("1, 2, 3,", max_tokens=50, temperature=0, stopping_criteria=after_three)
+    assert r["usage"]["completion_tokens"] == 3 and r["choices"][0]["finish_reason"] == "stop"
+    n = r["usage"]["prompt_tokens"]
+    assert seen == [(n + i, (llm.n_vocab(),)) for i in range(4)]
+
+
+def test_a_prompt_too_long_to_fit_is_refused_untokenized(llm):
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"Requested tokens \(at least \d+\) exceed context window of 512"):
+        llm.create_completion("word " * 2_000_000, max_tokens=1)  # 10 MB: a minute to tokenize
+    with pytest.raises(ValueError, match="exceed context window of 512"):
+        llm.create_chat_completion([{"role": "user", "content": "word " * 2_000_000}], max_tokens=1)
+    assert time.perf_counter() - t0 < 2
+
+
 @pytest.fixture
 def isa():
     yield

@@ -27,7 +27,7 @@ def start(server: Server) -> tuple[str, uvicorn.Server]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    u = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning"))
+    u = uvicorn.Server(server.config("127.0.0.1", port))
     threading.Thread(target=u.run, daemon=True).start()
     deadline = time.time() + 30
     while not u.started:

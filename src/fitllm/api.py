@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,7 @@ class Llama:
         self.input_ids: list[int] = []
         self._last_logits: np.ndarray | None = None
         self._chat_template = None
+        self._max_piece_bytes: int | None = None
         # what llama.cpp's perf counters say: load, prompt and token evaluation, sampling
         self.perf = Timings(load_ms=1000.0 * (time.perf_counter() - t0))
         if verbose:
@@ -204,6 +205,7 @@ class Llama:
         tokens = list(tokens)
         if not tokens:  # nothing to do, as llama-cpp-python's eval; prompts never get here empty
             return
+        self._check_ids(tokens)
         start = len(self.input_ids)
         logits = prefill(self._model, self._kv, tokens, self.n_batch, all_logits=self.logits_all)
         self.input_ids.extend(tokens)
@@ -212,6 +214,14 @@ class Llama:
             self._last_logits = logits[-1]
         else:
             self._scores[0] = self._last_logits = logits
+
+    def _check_ids(self, tokens: list[int]) -> None:
+        """ValueError for an id the vocabulary has not: the kernels would wrap it round (or
+        overflow) into another token rather than fail."""
+        n = self._model.hp.n_vocab
+        if tokens and not 0 <= min(tokens) <= max(tokens) < n:
+            bad = next(t for t in tokens if not 0 <= t < n)
+            raise ValueError(f"token id {bad} out of range [0, {n})")
 
     def _eval_prompt(self, tokens: list[int]) -> None:
         """Evaluate a prompt, reusing the cached prefix it shares with what was evaluated before."""
@@ -246,10 +256,12 @@ class Llama:
         top_k: int = 40,
         logprobs: int | None = None,
         model: str | None = None,
+        stopping_criteria: Callable[[np.ndarray, np.ndarray], bool] | None = None,
         **_ignored: Any,
     ) -> dict | Iterator[dict]:
         """llama-cpp-python's create_completion; model: the name the result gives (default: the
-        model's path)."""
+        model's path); stopping_criteria(input_ids, logits) -> True ends generation before the
+        next token (finish_reason "stop"), as llama-cpp-python's."""
         from fitllm.completion import completion_chunks, completion_result
 
         prompt_tokens = self._prompt_tokens(prompt)
@@ -264,7 +276,8 @@ class Llama:
             max_tokens = self._n_ctx - len(prompt_tokens)
         meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()), model=model or self.model_path)
         finish: dict = {}
-        tokens = self._stream_tokens(prompt_tokens, make_sampler(params, rng), max_tokens, finish)
+        sample = make_sampler(params, rng)
+        tokens = self._stream_tokens(prompt_tokens, sample, max_tokens, finish, stopping_criteria)
         echo_text = self.detokenize(prompt_tokens).decode("utf-8", "replace") if echo else ""
         if stream:
             return completion_chunks(self, tokens, finish, stops, echo_text, meta)
@@ -274,12 +287,27 @@ class Llama:
 
     def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
         """The prompt's tokens; an empty prompt is [BOS], as llama.cpp and llama-cpp-python start it."""
-        tokens = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt.encode(), special=True)
+        if isinstance(prompt, str):
+            tokens = self._tokenize_prompt(prompt, add_bos=True)
+        else:
+            tokens = list(prompt)
+            self._check_ids(tokens)
         if tokens:
             return tokens
         if self._tok.bos_id is None:
             raise ValueError("the prompt is empty and the model has no BOS token to start from")
         return [self._tok.bos_id]
+
+    def _tokenize_prompt(self, text: str, add_bos: bool) -> list[int]:
+        """A prompt's tokens; one whose bytes could not fit the context even in the vocabulary's
+        longest pieces is refused untokenized (tokenizing megabytes takes seconds)."""
+        data = text.encode()
+        if self._max_piece_bytes is None:
+            self._max_piece_bytes = max(len(t.encode()) for t in self._tok.tokens) or 1
+        least = -(-len(data) // self._max_piece_bytes)
+        if least >= self._n_ctx:
+            raise ValueError(f"Requested tokens (at least {least}) exceed context window of {self._n_ctx}")
+        return self.tokenize(data, add_bos=add_bos, special=True)
 
     @property
     def chat_template(self):
@@ -304,7 +332,7 @@ class Llama:
         prompt = t.render(messages, add_generation_prompt=True)
         # a template that writes the BOS text itself gets no second one
         bos_in_text = bool(t.bos_token) and prompt.startswith(t.bos_token)
-        tokens = self.tokenize(prompt.encode(), add_bos=not bos_in_text, special=True)
+        tokens = self._tokenize_prompt(prompt, add_bos=not bos_in_text)
         out = self.create_completion(tokens, max_tokens=max_tokens, stream=stream, **kw)
         return chat_chunks(out, kw.get("model") or self.model_path) if stream else chat_result(out)
 
@@ -326,13 +354,17 @@ class Llama:
         return other
 
     def _stream_tokens(
-        self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict
+        self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict, stopping=None
     ) -> Iterator[int]:
-        """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation)."""
+        """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation or
+        stopping(input_ids, logits) said so)."""
         self._eval_prompt(prompt_tokens)
         finish["reason"] = "length"
         perf = self.perf
         for i in range(max_tokens):
+            if stopping is not None and stopping(np.asarray(self.input_ids), self._last_logits):
+                finish["reason"] = "stop"
+                return
             t = time.perf_counter()
             tok = sample(self._last_logits, self.input_ids)
             perf.sampled(t)

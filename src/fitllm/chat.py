@@ -2,7 +2,8 @@
 sandbox, as transformers and llama-cpp-python render it, and OpenAI chat.completion objects.
 
 The sandbox refuses attribute access to Python internals (`__class__`, `__globals__`, ...), so a
-hostile template (the CVE-2024-34359 class) raises ChatTemplateError and runs nothing."""
+hostile template (the CVE-2024-34359 class) raises ChatTemplateError and runs nothing; one that
+would compute without end or fill memory is stopped at template_limits' bounds."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from fitllm.template_limits import MAX_CHARS, MAX_SECONDS, ChatTemplateError, LimitedSandbox, limited_render
 
 # used when a file has no template: ChatML, as llama.cpp falls back to
 CHATML = (
@@ -24,8 +26,7 @@ CHATML = (
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
-class ChatTemplateError(ValueError):
-    pass
+__all__ = ["CHATML", "ChatTemplate", "ChatTemplateError", "chat_chunks", "chat_result", "check_messages"]
 
 
 def _raise(message: str) -> None:
@@ -33,11 +34,21 @@ def _raise(message: str) -> None:
 
 
 class ChatTemplate:
-    def __init__(self, source: str | None, bos_token: str = "", eos_token: str = "") -> None:
+    def __init__(
+        self,
+        source: str | None,
+        bos_token: str = "",
+        eos_token: str = "",
+        max_chars: int = MAX_CHARS,
+        max_seconds: float = MAX_SECONDS,
+    ) -> None:
+        """max_chars: the most a render may write (and any string it makes); max_seconds: the
+        longest it may take."""
         # the options transformers' apply_chat_template uses
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        env = LimitedSandbox(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"], max_chars=max_chars
         )
+        self.max_chars, self.max_seconds = max_chars, max_seconds
         env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
         self.source = source or CHATML
         self.bos_token, self.eos_token = bos_token, eos_token
@@ -49,13 +60,14 @@ class ChatTemplate:
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
         check_messages(messages)
         try:
-            return self._t.render(
+            chunks = self._t.generate(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 **extra,
             )
+            return limited_render(chunks, self.max_chars, self.max_seconds)
         except ChatTemplateError:
             raise
         except Exception as e:  # SecurityError, UndefinedError, TypeError from the template's code...

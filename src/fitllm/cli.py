@@ -82,7 +82,8 @@ def _serve(a: argparse.Namespace) -> None:
     sock = bind(a.host, a.port)  # a port in use fails here, before the model loads
     llm = _load(a)
     print(f"fitllm: serving {llm.model_path} on http://{a.host}:{a.port} (chat page at /)", file=sys.stderr)
-    serve(llm, sock, a.api_key, a.parallel, a.queue, alias=a.alias, access_log=not a.no_access_log)
+    kw = dict(alias=a.alias, access_log=not a.no_access_log, timeout=a.timeout, max_body=a.max_body)
+    serve(llm, sock, a.api_key, a.parallel, a.queue, **kw)
 
 
 def _chat(a: argparse.Namespace) -> None:

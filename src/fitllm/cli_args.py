@@ -100,6 +100,12 @@ def _add_serving(sub) -> None:
     sv.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
     sv.add_argument("-a", "--alias", help="the model's name for clients (default: the file's, less .gguf)")
     sv.add_argument("--no-access-log", action="store_true", help="no line per request on stderr")
+    sv.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds a request's headers and body may take to arrive"
+    )
+    sv.add_argument(
+        "--max-body", type=int, help="bytes a request body may have (default: 64 per context token, >= 1 MiB)"
+    )
     ch.add_argument("--system", help="a system message")
     ch.add_argument("--temp", type=float, default=0.7)
     ch.add_argument("--top-p", type=float, default=0.95)
