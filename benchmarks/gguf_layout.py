@@ -80,6 +80,8 @@ class _Walk:
             sub, n = self.take("I"), self.take("Q")
             if sub in SCALARS:
                 self.pos += n * struct.calcsize(SCALARS[sub])
+            elif n > len(self.buf):
+                raise ValueError("an array longer than the file")
             else:
                 for _ in range(n):
                     self.skip_value(sub)
@@ -90,6 +92,8 @@ def parse(buf: bytes) -> Layout:
     w = _Walk(buf)
     w.pos = 8
     lay = Layout(len(buf), w.take("Q"), w.take("Q"))
+    if max(lay.n_kv, lay.n_tensors) > len(buf):
+        raise ValueError("more entries than bytes")
     for _ in range(lay.n_kv):
         start = w.pos
         key = w.string()
@@ -109,6 +113,8 @@ def parse(buf: bytes) -> Layout:
         name = w.string()
         name_at = w.pos - len(name.encode())
         n_dims = w.take("I")
+        if n_dims > 8:  # a mutated header: nothing more to locate in it
+            raise ValueError(f"tensor {name!r}: {n_dims} dimensions")
         dims_at = [w.pos + 8 * i for i in range(n_dims)]
         dims = [w.take("Q") for _ in range(n_dims)]
         type_at = w.pos
