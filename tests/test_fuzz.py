@@ -79,6 +79,8 @@ def test_fuzz_under_asan(tmp_path):
         [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path, check=True,
         capture_output=True, env={**os.environ, **flags},
     )  # fmt: skip
+    built = list((pkg / "fitllm" / "kernels").glob("_fitllm*.so"))
+    assert built and b"__asan_init" in built[0].read_bytes()  # the tier is not run without the sanitizer
     env = {"LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "PYTHONPATH": str(pkg)}
     # a sanitizer report aborts the child: counted as a crash, which _run refuses
     results = _run(tmp_path, 60, seed=11, env=env, jobs=1, mem=0)  # ASan maps terabytes of shadow
