@@ -137,3 +137,35 @@ def upcycle(src, dst, n_expert=4, n_used=2, noise=0.0, seed=0) -> str:
     w.write_tensors_to_file()
     w.close()
     return str(dst)
+
+
+def rewrite(src, dst, kv=None, tensors=None) -> str:
+    """A copy of a GGUF file with metadata and tensors replaced: kv maps a key to (value, GGUFValueType)
+    or None (dropped); tensors maps a name to an array (float32, or raw blocks with its type as
+    (array, type)) or None (dropped). Laid out by gguf-py, so only what was asked for changes."""
+    kv, tensors = kv or {}, tensors or {}
+    r = GGUFReader(str(src))
+    w = GGUFWriter(str(dst), r.fields["general.architecture"].contents())
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture" or f.name in kv:
+            continue
+        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+    for name, new in kv.items():
+        if new is not None:
+            value, vtype = new
+            sub = GGUFValueType.get_type(value[0]) if vtype == GGUFValueType.ARRAY else None
+            w.add_key_value(name, value, vtype, sub_type=sub)
+    for t in r.tensors:
+        new = tensors.get(t.name, t)
+        if new is t:
+            w.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+        elif isinstance(new, tuple):
+            w.add_tensor(t.name, new[0], raw_dtype=new[1])
+        elif new is not None:
+            w.add_tensor(t.name, new)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(dst)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict
 
-from fitllm.gguf import GGUFFile
+import numpy as np
+
+from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.models import ARCHITECTURES
 
 
@@ -19,8 +22,11 @@ def describe(path: str) -> str:
     ]
     cls = ARCHITECTURES.get(f.architecture)
     if cls is not None:
-        hp = cls.hparams_class.from_gguf(f)
-        lines += [f"  {k:<15}{v}" for k, v in asdict(hp).items()]
+        try:  # a file whose hyper-parameters cannot be used is still described
+            hp = cls.hparams_class.from_gguf(f)
+            lines += [f"  {k:<15}{v}" for k, v in asdict(hp).items()]
+        except GGUFError as e:
+            lines.append(f"  unusable:      {str(e).removeprefix(f.path + ': ')}")
     by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     n_params = 0
     for t in f.tensors.values():
@@ -34,10 +40,12 @@ def describe(path: str) -> str:
     )
     for name, (n, b) in sorted(by_type.items(), key=lambda kv: -kv[1][1]):
         lines.append(f"  {name:<6} {n:>5} tensors {b / 1e6:>10.1f} MB {100 * b / total:>6.1f} %")
-    tok = f.get("tokenizer.ggml.model", None)
+    tok, tokens = f.get("tokenizer.ggml.model", None), f.get("tokenizer.ggml.tokens", None)
     if tok:
-        lines.append(
-            f"tokenizer:     {tok} (pre={f.get('tokenizer.ggml.pre', '-')}),"
-            f" {len(f.get('tokenizer.ggml.tokens'))} tokens"
+        n = (
+            len(tokens)
+            if isinstance(tokens, (Sequence, np.ndarray)) and not isinstance(tokens, str)
+            else "no"
         )
+        lines.append(f"tokenizer:     {tok} (pre={f.get('tokenizer.ggml.pre', '-')}), {n} tokens")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 from fitllm.gguf import GGUFError, GGUFFile
+from fitllm.gguf.reader import StringArray
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,38 @@ def _indices(items: list[str], item: str) -> Iterator[int]:
         return
 
 
+def _is_strings(v: object) -> bool:
+    return isinstance(v, StringArray) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+def _check_metadata(f: GGUFFile) -> None:
+    """The tokenizer keys of the types and sizes the code below relies on: a corrupted file ends in
+    one GGUFError, not in a TypeError from deep inside `tokenizers` or numpy."""
+    kind, tokens = f.get("tokenizer.ggml.model"), f.get("tokenizer.ggml.tokens")
+    if not isinstance(kind, str):
+        raise GGUFError(f"{f.path}: metadata tokenizer.ggml.model is not a string")
+    if not _is_strings(tokens) or not len(tokens):
+        raise GGUFError(f"{f.path}: metadata tokenizer.ggml.tokens is not a non-empty array of strings")
+    n = len(tokens)
+    for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+        v = f.get(key, None)
+        numeric = isinstance(v, np.ndarray) and v.dtype.kind in "iuf" and v.ndim == 1
+        if v is not None and (not numeric or len(v) != n):
+            raise GGUFError(f"{f.path}: metadata {key} is not an array of {n} numbers, one per token")
+    for what in ("bos", "eos", "eot"):
+        v = f.get(f"tokenizer.ggml.{what}_token_id", None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n):
+            raise GGUFError(
+                f"{f.path}: metadata tokenizer.ggml.{what}_token_id = {v!r} is not a token id below {n}"
+            )
+    merges = f.get("tokenizer.ggml.merges", [])
+    if not _is_strings(merges):
+        raise GGUFError(f"{f.path}: metadata tokenizer.ggml.merges is not an array of strings")
+
+
 class GGUFTokenizer:
     def __init__(self, f: GGUFFile) -> None:
+        _check_metadata(f)
         self.kind = f.get("tokenizer.ggml.model")
         self.tokens: list[str] = list(f.get("tokenizer.ggml.tokens"))
         n = len(self.tokens)
@@ -240,12 +271,20 @@ class GGUFTokenizer:
                 return self._load(path)
             except Exception:  # a damaged cache entry is rebuilt
                 log.warning("rebuilding damaged tokenizer cache %s", path)
-        if self.kind == "gpt2":
-            tok = self._build_bpe(f.get("tokenizer.ggml.merges", []), pre)
-            data, encode = _merges_as_strings(tok.to_str()).encode(), _hf_encoder(tok)
-        else:
-            data = spm_model_proto(self.tokens, self.scores, self.types)
-            encode = _spm_encoder(data)
+        try:
+            if self.kind == "gpt2":
+                tok = self._build_bpe(f.get("tokenizer.ggml.merges", []), pre)
+                data, encode = _merges_as_strings(tok.to_str()).encode(), _hf_encoder(tok)
+            else:
+                data = spm_model_proto(self.tokens, self.scores, self.types)
+                encode = _spm_encoder(data)
+        except GGUFError:
+            raise
+        except Exception as e:  # `tokenizers` raises TypeError or its own Exception on a bad vocabulary
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise GGUFError(
+                f"{f.path}: the tokenizer cannot be built from its vocabulary and merges: {first}"
+            ) from None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -308,8 +347,12 @@ class GGUFTokenizer:
             elif ty == USER_DEFINED:
                 out.append(t.encode("utf-8", "surrogateescape"))
             elif bd is not None:
-                out.append(bytes(bd[c] for c in t) if all(c in bd for c in t) else t.encode())
-            elif ty == BYTE:
+                out.append(
+                    bytes(bd[c] for c in t)
+                    if all(c in bd for c in t)
+                    else t.encode("utf-8", "surrogateescape")
+                )
+            elif ty == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
                 out.append(bytes([int(t[3:5], 16)]))
             else:
                 out.append(t.replace("▁", " ").encode("utf-8", "surrogateescape"))

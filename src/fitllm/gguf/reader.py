@@ -206,10 +206,15 @@ class GGUFFile:
         if len(infos) < n_tensors:
             raise GGUFError("the tensor table runs past the end of the file: truncated or corrupt")
         align = self.metadata.get("general.alignment", 32)
-        if self.value_types.get("general.alignment", (UINT32,))[0] != UINT32 or align <= 0:
-            raise GGUFError(f"bad general.alignment {align!r}")
+        if (
+            self.value_types.get("general.alignment", (UINT32,))[0] != UINT32
+            or align <= 0
+            or align & (align - 1)
+        ):
+            raise GGUFError(f"bad general.alignment {align!r}: not a power of two")
         start = -(-c.pos // align) * align
         self.tensors: dict[str, Tensor] = {}
+        expected = 0  # as llama.cpp's gguf.cpp: each tensor at the aligned end of the one before
         for name, ggml_type, shape, offset, nbytes in infos:
             if name in self.tensors:
                 raise GGUFError(f"tensor {name!r} appears twice")
@@ -219,6 +224,9 @@ class GGUFFile:
                     f"tensor {name!r} runs past the end of the file (needs {end} bytes, file has"
                     f" {len(c.buf)}): the file is truncated or corrupt"
                 )
+            if offset != expected:  # overlapping, misaligned or out of order
+                raise GGUFError(f"tensor {name!r} has data offset {offset}, expected {expected}")
+            expected += -(-nbytes // align) * align
             data = c.buf[start + offset : end]
             self.tensors[name] = Tensor(name, ggml_type, shape, data, start + offset)
         self.data_offset = min((t.offset for t in self.tensors.values()), default=len(c.buf))
@@ -229,6 +237,8 @@ class GGUFFile:
         if n_dims > 4:
             raise GGUFError(f"tensor {name!r} has {n_dims} dimensions (at most 4)")
         dims = [c.unpack("Q") for _ in range(n_dims)]
+        if not dims or 0 in dims:
+            raise GGUFError(f"tensor {name!r} has no elements (dimensions {dims})")
         ggml_type, offset = c.unpack("I"), c.unpack("Q")
         if ggml_type not in GGML_TYPES:
             raise GGUFError(f"tensor {name!r} has unknown tensor type {ggml_type}")
@@ -242,7 +252,10 @@ class GGUFFile:
 
     @property
     def architecture(self) -> str:
-        return self.get("general.architecture")
+        a = self.get("general.architecture")
+        if not isinstance(a, str):  # it names keys and picks the model class
+            raise GGUFError(f"{self.path}: metadata general.architecture is not a string")
+        return a
 
     def get(self, key: str, default: Any = _REQUIRED) -> Any:
         if key in self.metadata:

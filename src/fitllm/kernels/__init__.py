@@ -55,13 +55,13 @@ def _load() -> ctypes.CDLL:
     lib.fl_quantize.argtypes = [i32, p, i64, i64, p, sz, i32]
     lib.fl_act_row_bytes.argtypes = [i32, i64]
     lib.fl_act_row_bytes.restype = sz
-    lib.fl_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
+    lib.fl_rms_norm.argtypes = [p, i64, i64, p, i64, ctypes.c_float, p]
     lib.fl_layer_work_bytes.argtypes = [p, i64, i64, i32]
     lib.fl_layer_work_bytes.restype = sz
     lib.fl_gguf_strings.argtypes = [p, sz, sz, i64, i32, p, p]
     lib.fl_gguf_strings.restype = i64
-    lib.fl_layer_forward.argtypes = [p, p, p, i64, p, i64, i64, i64, p, i32, p, sz, i32]
-    lib.fl_forward_layers.argtypes = [p, i64, p, p, i64, p, i64, i64, i64, p, sz, i32]
+    lib.fl_layer_forward.argtypes = [p, p, p, sz, i64, p, i64, i64, i64, i64, p, i32, p, sz, i32]
+    lib.fl_forward_layers.argtypes = [p, i64, p, p, sz, i64, p, i64, i64, i64, i64, p, sz, i32]
     lib.fl_packed_bytes.argtypes = [i32, i64, i64]
     lib.fl_packed_bytes.restype = sz
     lib.fl_repack.argtypes = [i32, p, sz, i64, i64, p, sz, i32]
@@ -272,14 +272,22 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
         raise ValueError(f"rms_norm: weight {w.shape} for rows of {x.shape[-1]}")
     out = np.empty_like(x)
     n = x.shape[-1]
-    _check(_lib.fl_rms_norm(x.ctypes.data, x.size // n, n, w.ctypes.data, eps, out.ctypes.data), "rms_norm")
+    rc = _lib.fl_rms_norm(x.ctypes.data, x.size // n, n, w.ctypes.data, w.size, eps, out.ctypes.data)
+    _check(rc, "rms_norm")
     return out
 
 
 class Mat(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int64) for n in ("data", "nbytes", "type", "nrows", "ncols")] + [
-        ("bias", ctypes.c_void_p)
+        ("bias", ctypes.c_void_p),
+        ("bias_n", ctypes.c_int64),
     ]
+
+
+class Vec(ctypes.Structure):
+    """Mirror of fl_vec: a norm's weights and their count (layer.c checks it against the width)."""
+
+    _fields_ = [("data", ctypes.c_void_p), ("n", ctypes.c_int64)]
 
 
 _LAYER_INTS = (
@@ -309,7 +317,7 @@ class LayerSpec(ctypes.Structure):
     _fields_ = (
         [(n, ctypes.c_int64) for n in _LAYER_INTS]
         + [(n, ctypes.c_double) for n in _LAYER_FLOATS]
-        + [(n, ctypes.c_void_p) for n in _LAYER_VECS]
+        + [(n, Vec) for n in _LAYER_VECS]
         + [(n, Mat) for n in _LAYER_MATS]
         + [(n, ctypes.c_int64) for n in _LAYER_MOE_INTS]
         + [("gate_inp", Mat)]
@@ -336,14 +344,16 @@ def layer_spec(**kw) -> LayerSpec:
     for n in _LAYER_MOE_INTS + _LAYER_SHARD_INTS:
         setattr(spec, n, kw.get(n, 0))
     for n in _LAYER_VECS:
-        setattr(spec, n, _ptr(kw.get(n)))
+        v = kw.get(n)
+        setattr(spec, n, Vec(_ptr(v), 0 if v is None else v.size))
     for n in _LAYER_MATS + ("gate_inp",):
         if n not in kw:  # only gate_inp may be absent (dense block)
             continue
         t, bias = kw[n]
         *lead, cols = t.shape
         rows = int(np.prod(lead))
-        setattr(spec, n, Mat(t.data.ctypes.data, t.data.nbytes, t.ggml_type, rows, cols, _ptr(bias)))
+        n_bias = 0 if bias is None else bias.size
+        setattr(spec, n, Mat(t.data.ctypes.data, t.data.nbytes, t.ggml_type, rows, cols, _ptr(bias), n_bias))
     return spec
 
 
@@ -380,6 +390,7 @@ class LayerStack:
         n = len(specs)
         self.specs, self._keep = specs, (kc, vc)  # all must outlive the pointers
         self.n_ctx = kc[0].shape[0]
+        self._kv_elems = min(a.size for a in (*kc, *vc))  # the C side checks each block fits it
         self._blocks = (ctypes.c_void_p * n)(*[ctypes.addressof(s) for s in specs])
         self._kc = (ctypes.c_void_p * n)(*[k.ctypes.data for k in kc])
         self._vc = (ctypes.c_void_p * n)(*[v.ctypes.data for v in vc])
@@ -388,15 +399,15 @@ class LayerStack:
     def forward(self, x: np.ndarray, pos0: int, n_out: int) -> None:
         """x (T, n_embd) <- the blocks applied in place; the last one's feed-forward only for the last
         n_out rows."""
-        assert x.dtype == np.float32 and x.flags.c_contiguous
+        assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 2
         T, key = x.shape[0], (x.shape[0], _threads)
         if key not in self._need:
             sizes = (_lib.fl_layer_work_bytes(ctypes.byref(s), T, self.n_ctx, _threads) for s in self.specs)
             self._need[key] = max(sizes)
         work = _work_for(self._need[key])
         rc = _lib.fl_forward_layers(
-            self._blocks, len(self.specs), self._kc, self._vc, self.n_ctx, x.ctypes.data, T, pos0, n_out,
-            work.ctypes.data, work.nbytes, _threads,
+            self._blocks, len(self.specs), self._kc, self._vc, self._kv_elems, self.n_ctx, x.ctypes.data,
+            x.shape[1], T, pos0, n_out, work.ctypes.data, work.nbytes, _threads,
         )  # fmt: skip
         _check(rc, "layer")
 
@@ -414,7 +425,9 @@ def layer_forward(
     """x (T, n_embd) <- the block applied in place; kc/vc: this layer's fp16 caches (n_ctx, n_kv, hd).
     n_out: only the last n_out rows get the feed-forward half (default: all). A tensor-parallel
     shard runs STAGE_ATTN, STAGE_FFN, STAGE_DONE, summing y (T, n_embd) over the shards between them."""
-    assert x.dtype == np.float32 and x.flags.c_contiguous and kc.dtype == vc.dtype == np.float16
+    assert (
+        x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 2 and kc.dtype == vc.dtype == np.float16
+    )
     T, n_ctx = x.shape[0], kc.shape[0]
     if y is not None:
         assert y.dtype == np.float32 and y.flags.c_contiguous and y.shape == x.shape
@@ -423,8 +436,10 @@ def layer_forward(
         ctypes.byref(spec),
         kc.ctypes.data,
         vc.ctypes.data,
+        min(kc.size, vc.size),
         n_ctx,
         x.ctypes.data,
+        x.shape[1],
         T,
         pos0,
         T if n_out is None else n_out,

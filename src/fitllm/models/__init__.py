@@ -18,7 +18,7 @@ ARCHITECTURES: dict[str, type[DecoderModel]] = {
 
 
 def load_model(f: GGUFFile) -> DecoderModel:
-    arch = f.get("general.architecture")
+    arch = f.architecture
     cls = ARCHITECTURES.get(arch)
     if cls is None:
         raise GGUFError(

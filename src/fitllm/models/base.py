@@ -19,6 +19,16 @@ from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.kv_cache import KVCache
 from fitllm.models.layers import Linear
 from fitllm.models.moe import Experts, moe_ffn
+from fitllm.models.validate import (
+    MAX_CTX,
+    MAX_LAYERS,
+    block_index,
+    check_blocks,
+    check_hparams,
+    check_tensors,
+    float_key,
+    int_key,
+)
 
 
 @dataclass
@@ -39,23 +49,25 @@ class HParams:
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, **extra: Any) -> HParams:
+        """The hyper-parameters, each of its GGUF type and in range (validate.py)."""
         a = f.architecture
-        n_embd, n_head = f.get(f"{a}.embedding_length"), f.get(f"{a}.attention.head_count")
-        head_dim = f.get(f"{a}.attention.key_length", n_embd // n_head)
+        n_embd, n_head = int_key(f, f"{a}.embedding_length"), int_key(f, f"{a}.attention.head_count")
+        head_dim = int_key(f, f"{a}.attention.key_length", None) or max(n_embd // n_head, 1)
+        n_expert = int_key(f, f"{a}.expert_count", 0, lo=0, hi=1 << 16)
         base = dict(
-            n_layer=f.get(f"{a}.block_count"),
+            n_layer=int_key(f, f"{a}.block_count", hi=MAX_LAYERS),
             n_embd=n_embd,
             n_head=n_head,
-            n_head_kv=f.get(f"{a}.attention.head_count_kv", n_head),
+            n_head_kv=int_key(f, f"{a}.attention.head_count_kv", n_head),
             head_dim=head_dim,
-            n_ff=f.get(f"{a}.feed_forward_length"),
+            n_ff=int_key(f, f"{a}.feed_forward_length"),
             n_vocab=f.tensor("token_embd.weight").shape[0],
-            n_ctx_train=f.get(f"{a}.context_length"),
-            norm_eps=f.get(f"{a}.attention.layer_norm_rms_epsilon"),
-            rope_base=f.get(f"{a}.rope.freq_base", 10000.0),
-            n_rot=f.get(f"{a}.rope.dimension_count", head_dim),
-            n_expert=f.get(f"{a}.expert_count", 0),
-            n_expert_used=f.get(f"{a}.expert_used_count", 0),
+            n_ctx_train=int_key(f, f"{a}.context_length", hi=MAX_CTX),
+            norm_eps=float_key(f, f"{a}.attention.layer_norm_rms_epsilon", hi=1.0),
+            rope_base=float_key(f, f"{a}.rope.freq_base", 10000.0, lo=1.0),
+            n_rot=int_key(f, f"{a}.rope.dimension_count", head_dim, lo=0),
+            n_expert=n_expert,
+            n_expert_used=int_key(f, f"{a}.expert_used_count", 0, lo=0, hi=max(n_expert, 1)),
         )
         base.update(extra)
         return cls(**{k.name: base[k.name] for k in fields(cls)})
@@ -69,9 +81,14 @@ class DecoderModel:
         f.check_supported()
         self.file = f
         self.hp = self.hparams_class.from_gguf(f)
+        # everything sized by the hyper-parameters comes after they are checked against the tensors
+        check_hparams(f, self.hp)
+        check_blocks(f, self.hp.n_layer)
+        used = check_tensors(f, self.hp, f.architecture)
         self.blk = [SimpleNamespace() for _ in range(self.hp.n_layer)]
         for name, t in f.tensors.items():
-            self._place(name, t)
+            if name in used:  # tensors no architecture reads (rope_freqs, ...) stay unread
+                self._place(name, t)
         if not hasattr(self, "output"):  # tied embeddings
             self.output = self.token_embd
         for required in ("token_embd", "output_norm"):
@@ -81,10 +98,8 @@ class DecoderModel:
     def _place(self, name: str, t) -> None:
         parts = name.split(".")
         owner = self
-        if parts[0] == "blk":
-            idx = int(parts[1])
-            if idx >= self.hp.n_layer:
-                raise GGUFError(f"{self.file.path}: tensor {name} is beyond block_count {self.hp.n_layer}")
+        idx = block_index(self.file, name)
+        if idx is not None:  # check_blocks: 0 <= idx < n_layer
             owner, parts = self.blk[idx], parts[2:]
         attr, kind = parts[0], parts[-1]
         if len(t.shape) == 1:  # norms and biases: small f32 vectors, read (the mmap's pages stay untouched)

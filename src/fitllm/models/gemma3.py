@@ -13,6 +13,7 @@ from fitllm.gguf import GGUFFile
 from fitllm.kv_cache import KVCache
 from fitllm.models.base import DecoderModel, HParams
 from fitllm.models.layers import attention, gelu_tanh, rms_norm, rope
+from fitllm.models.validate import MAX_CTX, MAX_LAYERS, float_key, int_key
 
 
 @dataclass
@@ -26,20 +27,18 @@ class Gemma3HParams(HParams):
     @classmethod
     def from_gguf(cls, f: GGUFFile, **extra) -> Gemma3HParams:
         a = f.architecture
-        head_dim = f.get(f"{a}.attention.key_length", None)
-        n_layer = f.get(f"{a}.block_count")
-        hd = head_dim or f.get(f"{a}.embedding_length") // f.get(f"{a}.attention.head_count")
+        n_embd, n_head = int_key(f, f"{a}.embedding_length"), int_key(f, f"{a}.attention.head_count")
+        hd = int_key(f, f"{a}.attention.key_length", None) or max(n_embd // n_head, 1)
         # 27B scales queries by 1/sqrt(n_embd / n_head), the others by 1/sqrt(head_dim)
-        scale_dim = (
-            f.get(f"{a}.embedding_length") // f.get(f"{a}.attention.head_count") if n_layer == 62 else hd
-        )
+        n_layer = int_key(f, f"{a}.block_count", hi=MAX_LAYERS)
+        scale_dim = max(n_embd // n_head, 1) if n_layer == 62 else hd
         return super().from_gguf(
             f,
-            sliding_window=f.get(f"{a}.attention.sliding_window", 0),
-            swa_pattern=f.get(f"{a}.attention.sliding_window_pattern", 6),
-            rope_base_swa=f.get(f"{a}.rope.freq_base_swa", 10000.0),
+            sliding_window=int_key(f, f"{a}.attention.sliding_window", 0, lo=0, hi=MAX_CTX),
+            swa_pattern=int_key(f, f"{a}.attention.sliding_window_pattern", 6, lo=0, hi=MAX_LAYERS),
+            rope_base_swa=float_key(f, f"{a}.rope.freq_base_swa", 10000.0, lo=1.0),
             attn_scale=1.0 / np.sqrt(scale_dim),
-            final_softcap=f.get(f"{a}.final_logit_softcapping", 0.0),
+            final_softcap=float_key(f, f"{a}.final_logit_softcapping", 0.0),
             **extra,
         )
 

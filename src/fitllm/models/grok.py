@@ -15,6 +15,7 @@ from fitllm.gguf import GGUFFile
 from fitllm.kv_cache import KVCache
 from fitllm.models.base import DecoderModel, HParams
 from fitllm.models.layers import attention, gelu_tanh, rms_norm, rope
+from fitllm.models.validate import float_key, int_key
 
 # run.py's Grok-1 config
 EMBEDDING_MULTIPLIER_SCALE = 78.38367176906169
@@ -34,11 +35,12 @@ class GrokHParams(HParams):
     def from_gguf(cls, f: GGUFFile, **extra) -> GrokHParams:
         return super().from_gguf(
             f,
-            n_ff=f.get("grok.expert_feed_forward_length", None) or f.get("grok.feed_forward_length"),
-            embedding_multiplier_scale=f.get("grok.embedding_scale", EMBEDDING_MULTIPLIER_SCALE),
-            attn_output_multiplier=f.get("grok.attention.output_scale", ATTN_OUTPUT_MULTIPLIER),
-            output_multiplier_scale=f.get("grok.logit_scale", OUTPUT_MULTIPLIER_SCALE),
-            max_attn_val=f.get("grok.attn_logit_softcapping", MAX_ATTN_VAL),
+            n_ff=int_key(f, "grok.expert_feed_forward_length", None)
+            or int_key(f, "grok.feed_forward_length"),
+            embedding_multiplier_scale=float_key(f, "grok.embedding_scale", EMBEDDING_MULTIPLIER_SCALE),
+            attn_output_multiplier=float_key(f, "grok.attention.output_scale", ATTN_OUTPUT_MULTIPLIER),
+            output_multiplier_scale=float_key(f, "grok.logit_scale", OUTPUT_MULTIPLIER_SCALE),
+            max_attn_val=float_key(f, "grok.attn_logit_softcapping", MAX_ATTN_VAL),
             **extra,
         )
 

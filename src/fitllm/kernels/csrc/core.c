@@ -227,8 +227,8 @@ void fl_rms_row(const float *x, int64_t n, const float *w, float eps, float *y) 
     for (int64_t j = 0; j < n; j++) y[j] = x[j] * scale * w[j];
 }
 
-int fl_rms_norm(const float *x, int64_t T, int64_t n, const float *w, float eps, float *y) {
-    if (T < 0 || n <= 0) return FL_ESIZE;
+int fl_rms_norm(const float *x, int64_t T, int64_t n, const float *w, int64_t w_n, float eps, float *y) {
+    if (T < 0 || n <= 0 || w_n != n) return FL_ESIZE; /* a weight per column, never read past its end */
     for (int64_t t = 0; t < T; t++) fl_rms_row(x + t * n, n, w, eps, y + t * n);
     return FL_OK;
 }

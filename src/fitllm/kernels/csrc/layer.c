@@ -16,14 +16,21 @@ enum { FL_STAGE_ALL = 0, FL_STAGE_ATTN = 1, FL_STAGE_FFN = 2, FL_STAGE_DONE = 3 
 typedef struct {
     const void *data;
     int64_t nbytes, type, nrows, ncols;
-    const float *bias; /* NULL or nrows floats */
+    const float *bias; /* NULL or bias_n (== nrows) floats */
+    int64_t bias_n;
 } fl_mat;
+
+/* a norm's weights and their count: checked against the width they scale before any use */
+typedef struct {
+    const float *data; /* optional: NULL */
+    int64_t n;
+} fl_vec;
 
 /* Mirrored by kernels.LayerSpec (ctypes): every scalar is int64 or double. */
 typedef struct {
     int64_t n_embd, n_head, n_head_kv, head_dim, n_ff, n_rot, window, rope_neox, act_gelu;
     double eps, rope_base, q_scale, kq_scale, attn_softcap;
-    const float *attn_norm, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm; /* optional: NULL */
+    fl_vec attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm; /* optional: data NULL */
     fl_mat q, k, v, o, gate, up, down; /* MoE: gate/up/down hold every expert, stacked by rows */
     int64_t n_expert, n_expert_used, expert_norm_w; /* n_expert 0: a dense FFN */
     fl_mat gate_inp;                                /* the router, (n_expert, n_embd) */
@@ -59,8 +66,12 @@ static inline float gelu(float x) {
 
 static int mat_ok(const fl_mat *m, int64_t nrows, int64_t ncols) {
     size_t rb = fl_row_bytes((int)m->type, ncols);
-    return m->data && rb && m->nrows == nrows && m->ncols == ncols && (size_t)m->nbytes >= rb * (size_t)nrows;
+    return m->data && rb && m->nrows == nrows && m->ncols == ncols && m->nbytes >= 0 &&
+           (size_t)m->nbytes >= rb * (size_t)nrows && (!m->bias || m->bias_n == nrows);
 }
+
+/* a norm of width n: given with exactly n weights (required), or absent */
+static int vec_ok(const fl_vec *v, int64_t n, int required) { return v->data ? v->n == n : !required; }
 
 static int64_t maxi(int64_t a, int64_t b) { return a > b ? a : b; }
 #define ALIGN64(n) (((n) + 63) & ~(size_t)63)
@@ -110,7 +121,12 @@ static int layer_check(const fl_layer *L, int64_t T, int64_t pos0, int64_t n_ctx
     if (L->n_group ? (L->head0 + L->n_head - 1) / L->n_group - L->head0 / L->n_group + 1 != L->n_head_kv
                    : L->n_head % L->n_head_kv)
         return FL_ESIZE;
-    if (L->n_rot < 0 || L->n_rot > hd || L->n_rot % 2 || !L->attn_norm || !L->ffn_norm) return FL_ESIZE;
+    if (L->n_rot < 0 || L->n_rot > hd || L->n_rot % 2) return FL_ESIZE;
+    /* the norms' widths: a shorter weight vector would be read past its end (E <= 0 fails them) */
+    if (E <= 0 || L->n_ff <= 0 || !vec_ok(&L->attn_norm, E, 1) || !vec_ok(&L->ffn_norm, E, 1) ||
+        !vec_ok(&L->post_attn_norm, E, 0) || !vec_ok(&L->post_ffn_norm, E, 0) || !vec_ok(&L->q_norm, hd, 0) ||
+        !vec_ok(&L->k_norm, hd, 0))
+        return FL_ESIZE;
     if (!mat_ok(&L->q, nq, E) || !mat_ok(&L->k, nkv, E) || !mat_ok(&L->v, nkv, E) || !mat_ok(&L->o, E, nq))
         return FL_ESIZE;
     const int64_t ne = L->n_expert ? L->n_expert : 1;
@@ -169,7 +185,7 @@ static void qk_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, uint1
         const float *cs = w->rope + t * L->n_rot;
         if (h < H) {
             float *q = w->q + (t * H + h) * hd;
-            if (L->q_norm) fl_rms_row(q, hd, L->q_norm, (float)L->eps, q);
+            if (L->q_norm.data) fl_rms_row(q, hd, L->q_norm.data, (float)L->eps, q);
             rope_apply(q, cs, L->n_rot, (int)L->rope_neox);
             if (L->q_scale != 1.0)
                 for (int64_t d = 0; d < hd; d++) q[d] *= (float)L->q_scale;
@@ -177,7 +193,7 @@ static void qk_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, uint1
             const int64_t g = h - H, at = ((pos0 + t) * Hkv + g) * hd;
             float *kk = w->k + (t * Hkv + g) * hd;
             const float *vv = w->v + (t * Hkv + g) * hd;
-            if (L->k_norm) fl_rms_row(kk, hd, L->k_norm, (float)L->eps, kk);
+            if (L->k_norm.data) fl_rms_row(kk, hd, L->k_norm.data, (float)L->eps, kk);
             rope_apply(kk, cs, L->n_rot, (int)L->rope_neox);
             for (int64_t d = 0; d < hd; d++) {
                 kc[at + d] = fl_f2h(kk[d]);
@@ -228,7 +244,7 @@ static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, i
     const void *acts[3];
     for (int64_t t = ith; t < T; t += nth) {
         rope_row(w->rope + t * L->n_rot, pos0 + t, L->n_rot, (float)L->rope_base);
-        fl_rms_row(x + t * L->n_embd, L->n_embd, L->attn_norm, (float)L->eps, w->h + t * L->n_embd);
+        fl_rms_row(x + t * L->n_embd, L->n_embd, L->attn_norm.data, (float)L->eps, w->h + t * L->n_embd);
     }
 #pragma omp barrier
     const fl_mat *qkv[3] = {&L->q, &L->k, &L->v};
@@ -248,7 +264,7 @@ static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, i
     mm(&L->o, acts[0], T, y ? y : w->tmp, ith, nth);
     if (y) return;
 #pragma omp barrier
-    residual(L, x, w->tmp, w->tmp, L->post_attn_norm, L->ffn_norm, w->h, T, ith, nth);
+    residual(L, x, w->tmp, w->tmp, L->post_attn_norm.data, L->ffn_norm.data, w->h, T, ith, nth);
 }
 
 /* y (T, n_embd) = down(act(gate(h)) * up(h)) for the matrices given (one expert's, or the dense ones) */
@@ -361,7 +377,7 @@ static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int64_t
     float *out = y ? y + (T - n) * E : w->tmp;
     if (L->n_expert) moe(L, w, h, n, out, ith, nth);
     else ffn(L, &L->gate, &L->up, &L->down, w, h, n, out, ith, nth);
-    if (!y) residual(L, x + (T - n) * E, w->tmp, w->tmp, L->post_ffn_norm, NULL, NULL, n, ith, nth);
+    if (!y) residual(L, x + (T - n) * E, w->tmp, w->tmp, L->post_ffn_norm.data, NULL, NULL, n, ith, nth);
 }
 
 /* x (T, n_embd) <- the block applied to x, tokens at positions pos0.. ; kc, vc: fp16 (n_ctx, n_head_kv,
@@ -370,12 +386,17 @@ static void ffn_block(const fl_layer *L, work_t *w, float *x, int64_t T, int64_t
  * the other rows are left after attention. work: fl_layer_work_bytes(L, T, n_ctx, nthreads) bytes.
  * stage FL_STAGE_ALL runs the block; a tensor-parallel shard runs it in three calls, the caller
  * summing y (T, n_embd) over the shards between them: ATTN (y = attention output), FFN (x += post
- * norm of the summed y; y = feed-forward output of the last n_out rows), DONE (x += its post norm). */
-int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ctx, float *x, int64_t T,
-                     int64_t pos0, int64_t n_out, float *y, int stage, void *work, size_t work_bytes,
-                     int nthreads) {
+ * norm of the summed y; y = feed-forward output of the last n_out rows), DONE (x += its post norm).
+ * x_cols (x's and y's width) must be n_embd and each cache hold kv_elems >= n_ctx * n_head_kv * head_dim
+ * values: nothing is written where the caller did not say there is room. */
+int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, size_t kv_elems, int64_t n_ctx, float *x,
+                     int64_t x_cols, int64_t T, int64_t pos0, int64_t n_out, float *y, int stage, void *work,
+                     size_t work_bytes, int nthreads) {
     int rc = layer_check(L, T, pos0, n_ctx);
     if (rc) return rc;
+    /* x (and y) hold T rows of x_cols floats, each cache kv_elems fp16: the block's widths must fit them */
+    if (x_cols != L->n_embd || n_ctx <= 0 || kv_elems / (size_t)n_ctx < (size_t)(L->n_head_kv * L->head_dim))
+        return FL_ESIZE;
     if (n_out < 1 || n_out > T || stage < FL_STAGE_ALL || stage > FL_STAGE_DONE || (stage && !y)) return FL_ESIZE;
     if (nthreads < 1) nthreads = 1;
     work_t w;
@@ -392,11 +413,11 @@ int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ct
         } else if (stage == FL_STAGE_ATTN) {
             attention_block(L, &w, x, T, pos0, kc, vc, y, ith, nth);
         } else if (stage == FL_STAGE_FFN) {
-            residual(L, x, y, w.tmp, L->post_attn_norm, L->ffn_norm, w.h, T, ith, nth);
+            residual(L, x, y, w.tmp, L->post_attn_norm.data, L->ffn_norm.data, w.h, T, ith, nth);
 #pragma omp barrier
             ffn_block(L, &w, x, T, n_out, y, ith, nth);
         } else {
-            residual(L, x + d * E, y + d * E, w.tmp, L->post_ffn_norm, NULL, NULL, n_out, ith, nth);
+            residual(L, x + d * E, y + d * E, w.tmp, L->post_ffn_norm.data, NULL, NULL, n_out, ith, nth);
         }
     }
     return L->fetch && L->n_expert && w.ptrs[3 * L->n_expert] ? FL_EFETCH : FL_OK;
@@ -405,11 +426,12 @@ int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, int64_t n_ct
 /* fl_layer_forward of blocks 0..n-1 in turn, in one call (one call per block from Python cost ~3 % of
  * a SmolLM2 decode token): L[i], kc[i], vc[i] block i and its caches; the last block's feed-forward
  * only for the last n_out rows. Stops at the first error. */
-int fl_forward_layers(const fl_layer *const *L, int64_t n, uint16_t *const *kc, uint16_t *const *vc, int64_t n_ctx,
-                      float *x, int64_t T, int64_t pos0, int64_t n_out, void *work, size_t work_bytes, int nthreads) {
+int fl_forward_layers(const fl_layer *const *L, int64_t n, uint16_t *const *kc, uint16_t *const *vc, size_t kv_elems,
+                      int64_t n_ctx, float *x, int64_t x_cols, int64_t T, int64_t pos0, int64_t n_out, void *work,
+                      size_t work_bytes, int nthreads) {
     for (int64_t i = 0; i < n; i++) {
-        const int rc = fl_layer_forward(L[i], kc[i], vc[i], n_ctx, x, T, pos0, i == n - 1 ? n_out : T, NULL,
-                                        FL_STAGE_ALL, work, work_bytes, nthreads);
+        const int rc = fl_layer_forward(L[i], kc[i], vc[i], kv_elems, n_ctx, x, x_cols, T, pos0,
+                                        i == n - 1 ? n_out : T, NULL, FL_STAGE_ALL, work, work_bytes, nthreads);
         if (rc) return rc;
     }
     return FL_OK;
