@@ -52,15 +52,19 @@ def _cache_path(model: DecoderModel) -> Path:
 
 
 def _map(path: Path) -> np.ndarray:
-    """The cached strips, mapped read-only with their page tables filled in one call (the first
-    forward reads every page anyway; faulting them one by one took longer)."""
-    import mmap
-
-    with open(path, "rb") as f:
-        m = mmap.mmap(
-            f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ
-        )
-    return np.frombuffer(m, np.uint8)
+    """The cached strips, read into anonymous memory: numpy puts large arrays on transparent huge
+    pages, and decode streams every strip each token (a mapping of the file has 4 KiB pages, whose
+    TLB misses slow the reads)."""
+    size = path.stat().st_size
+    room = kernels.aligned(size, 4096)
+    with open(path, "rb", buffering=0) as f:
+        view, got = memoryview(room), 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                raise OSError(f"{path}: cut short")
+            got += n
+    return room
 
 
 def _save(room: np.ndarray, path: Path) -> None:

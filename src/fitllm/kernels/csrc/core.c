@@ -122,7 +122,7 @@ static void mm_packed(int type, const uint8_t *w, int64_t nrows, int64_t ncols, 
     const int32_t *sa = vnni ? fl_strip_sums_vnni(act, nb32, T) : fl_strip_sums_avx2(act, nb32, T);
     void (*const packed)(int, const uint8_t *, int64_t, const fl_q8 *, const int32_t *, int64_t, int64_t, int64_t,
                          float *, int64_t) = vnni ? fl_mm_packed_vnni : fl_mm_packed_avx2;
-    for (int64_t k = ith; k < ntask; k += nth) {
+    for (int64_t k = ntask * ith / nth, k1 = ntask * (ith + 1) / nth; k < k1; k++) {
         const int64_t r0 = (k % nrt) * 16, r1 = r0 + 16 < nrows ? r0 + 16 : nrows;
         const int64_t t0 = (k / nrt) * tpt, nt = T - t0 < tpt ? T - t0 : tpt;
         const fl_q8 *a = (const fl_q8 *)act + t0 * nb32;
@@ -184,7 +184,7 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
                         : isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? fl_pack_vnni(act, ncols / 32, T)
                                                                           : NULL;
     const size_t pk_token = strip ? (size_t)(ncols / 32) * sizeof(int32_t) : (size_t)(ncols / 64) * FL_ZPACK_BYTES;
-    for (int64_t k = ith; k < ntask; k += nth) {
+    for (int64_t k = ntask * ith / nth, k1 = ntask * (ith + 1) / nth; k < k1; k++) {
         const int64_t r0 = (k % nrt) * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < nrows ? r0 + ROWS_PER_TASK : nrows;
         const int64_t t0 = (k / nrt) * tpt, nt = T - t0 < tpt ? T - t0 : tpt;
         const uint8_t *a = (const uint8_t *)act + t0 * ab;
