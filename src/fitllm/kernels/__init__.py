@@ -27,7 +27,7 @@ _ERRORS = {
 # libgomp's threads spin 300,000 rounds at every barrier before they sleep; on a machine with other
 # work a waiting thread burns the time slice its descheduled partner needs, and decode collapses.
 # A bounded spin (as llama.cpp's --poll) keeps idle speed; libgomp reads it when it loads, below.
-SPINCOUNT = "10000"
+SPINCOUNT = "1000"
 OWN_ENV: dict[str, str] = {}  # what fitllm put in os.environ (a benchmarked peer gets its own defaults)
 
 
