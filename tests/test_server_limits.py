@@ -35,19 +35,21 @@ def client(tiny):
 def test_a_client_that_leaves_frees_its_slot(smollm2_path, caplog):
     """A non-streaming request given up by its client stops at once: the next one on a
     one-slot server does not wait for the abandoned one's 1000 tokens."""
-    url, u = start(Server(Llama(smollm2_path, n_ctx=2048, verbose=False), parallel=1))
-    body = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 1000, "temperature": 0}
+    url, u = start(Server(Llama(smollm2_path, n_ctx=4096, verbose=False), parallel=1))
+    body = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 4000, "temperature": 0}
     with caplog.at_level(logging.INFO, logger="fitllm.server"):
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(url + "/v1/completions", json=body, timeout=2)
-        t0 = time.perf_counter()
+            httpx.post(url + "/v1/completions", json=body, timeout=1)
+        left = time.time()
         r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}, timeout=60)
-        waited = time.perf_counter() - t0
+        waited = time.time() - left
     u.should_exit = True
     assert r.status_code == 200 and waited < 5, waited
-    stopped = [m for m in caplog.messages if "the client left" in m]
+    stopped = [rec for rec in caplog.records if "the client left" in rec.getMessage()]
     assert len(stopped) == 1, caplog.messages
-    assert int(re.search(r"after (\d+) tokens", stopped[0])[1]) < 100
+    # stopped soon after the client went (at any decode speed), far short of the 4000 tokens
+    assert stopped[0].created - left < 2.0
+    assert int(re.search(r"after (\d+) tokens", stopped[0].getMessage())[1]) < 2000
 
 
 @pytest.mark.parametrize("value", [0, -1, "16", 1.5, True])
