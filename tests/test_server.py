@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -34,6 +36,29 @@ def start(server: Server) -> tuple[str, uvicorn.Server]:
         assert time.time() < deadline, "the server did not start"
         time.sleep(0.05)
     return f"http://127.0.0.1:{port}", u
+
+
+@contextmanager
+def health_latency(url: str) -> Iterator[list[float]]:
+    """Poll /health while the block runs; yields [the slowest answer's seconds], final on exit."""
+    worst, done = [0.0], threading.Event()
+    http = httpx.Client(timeout=5)  # one client: a new one per request would time TLS setup too
+
+    def poll() -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            assert http.get(url + "/health").status_code == 200
+            worst[0] = max(worst[0], time.perf_counter() - t0)
+            time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        yield worst
+    finally:
+        done.set()
+        poller.join()
+        http.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from starlette.testclient import TestClient
 
 from fitllm.api import Llama
 from fitllm.server import Server, app
-from test_server import start
+from test_server import health_latency, start
 from tiny_models import write_tiny
 
 
@@ -172,27 +171,12 @@ def test_big_bodies_are_refused_before_they_are_read(tiny):
         for _ in range(3):  # warm: every allocator pool and cache filled
             assert httpx.post(url + "/v1/completions", json=ok).status_code == 200
             refused_within()
-        before, worst, done = vm_rss(server.pid), [0.0], threading.Event()
-
-        http = httpx.Client(timeout=5)  # one client: a new one costs 50 ms of TLS setup
-
-        def health() -> None:
-            while not done.is_set():
-                t0 = time.perf_counter()
-                assert http.get(url + "/health").status_code == 200
-                worst[0] = max(worst[0], time.perf_counter() - t0)
-                time.sleep(0.02)
-
-        poll = threading.Thread(target=health)
-        poll.start()
-        try:
+        before = vm_rss(server.pid)
+        with health_latency(url) as worst:
             refused_within()  # tokenized off the event loop
             for _ in range(30):
                 r = httpx.post(url + "/v1/completions", content=big, timeout=60)
                 assert r.status_code == 413 and "over 1048576 bytes" in r.json()["error"]["message"]
-        finally:
-            done.set()
-            poll.join()
         after = vm_rss(server.pid)
         print(f"rss before {before >> 20} MiB, after {after >> 20} MiB; /health at worst {worst[0]:.3f} s")
         assert after < 1.1 * before and worst[0] < 0.5

@@ -1,7 +1,6 @@
 """Chat templates that would compute without end or fill memory are refused within the limits
 (template_limits.py), through the API and the server, and ordinary templates render unchanged."""
 
-import threading
 import time
 
 import httpx
@@ -10,7 +9,7 @@ import pytest
 from fitllm.api import Llama
 from fitllm.chat import ChatTemplate, ChatTemplateError
 from fitllm.server import Server
-from test_server import start
+from test_server import health_latency, start
 from tiny_models import write_tiny
 
 HI = [{"role": "user", "content": "hi"}]
@@ -69,29 +68,15 @@ def test_ordinary_templates_render_as_before(smollm2_path):
 
 def test_the_server_refuses_them_and_keeps_answering(models):
     url, u = start(Server(Llama(models["loops"], n_ctx=64, verbose=False), parallel=1))
-    worst, done = [0.0], threading.Event()
-
-    http = httpx.Client(timeout=5)  # one client: a new one costs 50 ms of TLS setup
-
-    def health() -> None:
-        while not done.is_set():
-            t0 = time.perf_counter()
-            assert http.get(url + "/health").status_code == 200
-            worst[0] = max(worst[0], time.perf_counter() - t0)
-            time.sleep(0.02)
-
-    poll = threading.Thread(target=health)
-    poll.start()
     try:
-        for _ in range(2):  # each renders for the whole time limit
-            r = httpx.post(url + "/v1/chat/completions", json={"messages": HI}, timeout=10)
-            assert r.status_code == 400, r.text
-            err = r.json()["error"]
-            assert "chat template exceeded the time limit" in err["message"]
-            assert err["code"] == "chat_template_error"
+        with health_latency(url) as worst:
+            for _ in range(2):  # each renders for the whole time limit
+                r = httpx.post(url + "/v1/chat/completions", json={"messages": HI}, timeout=10)
+                assert r.status_code == 400, r.text
+                err = r.json()["error"]
+                assert "chat template exceeded the time limit" in err["message"]
+                assert err["code"] == "chat_template_error"
     finally:
-        done.set()
-        poll.join()
         u.should_exit = True
     print(f"/health at worst {worst[0]:.3f} s while templates were refused")
     assert worst[0] < 0.5, worst

@@ -1,7 +1,7 @@
 """A dense model's matrices regrouped in 16-row strips for the AVX-512 VNNI and AVX2 kernels
 (csrc/repack.c), as llama.cpp repacks its weights at load. The strips of a file are kept in the
-cache (up to CACHE_MAX bytes of them, in FITLLM_CACHE/packed): a later load maps them as it maps the model,
-with no copy and no fresh memory to fill. Mixtures of experts keep the file's layout (the expert
+cache (up to CACHE_MAX bytes of them, in FITLLM_CACHE/packed): a later load reads them instead of
+repacking. Mixtures of experts keep the file's layout (the expert
 cache reads it; streamed or not, they give the same bits)."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _cache_path(model: DecoderModel) -> Path:
     return cache_dir() / "packed" / f"{h.hexdigest()[:32]}.bin"
 
 
-def _map(path: Path) -> np.ndarray:
+def _read(path: Path) -> np.ndarray:
     """The cached strips, read into anonymous memory: numpy puts large arrays on transparent huge
     pages, and decode streams every strip each token (a mapping of the file has 4 KiB pages, whose
     TLB misses slow the reads)."""
@@ -93,7 +93,7 @@ def _evict(folder: Path, keep: int) -> None:
 
 
 def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
-    """Point the model's matrices at their strips: mapped from the cache, or copied from the file
+    """Point the model's matrices at their strips: read from the cache, or copied from the file
     into anonymous memory (its pages never mapped: resident memory stays the model's size) on a
     thread, compiled (other Python work goes on beside it). Returns what to call before the first
     forward to wait for the copy (then saved to the cache), or None when there is nothing to wait for."""
@@ -107,7 +107,7 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
         os.utime(path)  # recently used: evicted last
     # a copy: page-aligned anonymous memory (numpy puts large arrays on transparent huge pages:
     # filling 260 MB takes ~12 ms where 4 KiB pages take ~90)
-    room = _map(path) if cached else kernels.aligned(ends[-1], 4096)
+    room = _read(path) if cached else kernels.aligned(ends[-1], 4096)
     jobs = []
     for (owner, name, lin, size), at in zip(todo, ends):
         w, packed = lin.weight, room[at : at + size]
