@@ -158,8 +158,9 @@ def test_repacked_matrix_sums_as_the_blocks_strips(t, isa, restore_isa):
     K.set_isa(isa)
     assert K.batch_min_tokens() == 8
     rng = np.random.default_rng(11)
-    # a padded last strip; 18 groups of 32 (not a multiple of 64), or 3 K-quant blocks
-    rows, cols = 37, 768 if t == T.Q4_K else 576
+    # a padded last strip of more than one 8-row half (one token reads whole strips at once);
+    # 18 groups of 32 (not a multiple of 64), or 3 K-quant blocks
+    rows, cols = 45, 768 if t == T.Q4_K else 576
     w = make_weights(t, rows, cols, rng)
     packed = K.repack(int(t), w, rows, cols)
     d_dmin = 48 * 4 * cols // 256 if t == T.Q4_K else 0  # Q4_K's fp16 d, dmin per strip row and block

@@ -199,6 +199,20 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
     }
 }
 
+/* The first bytes of this thread's share of a matrix fl_mm_part will read next, fetched while the
+ * thread waits for the others: each share starts a new stream the hardware has yet to detect.
+ * Small batches only, whose tasks are one per 16 rows (as fl_mm_part splits them). */
+void fl_mm_prefetch(int type, const uint8_t *w, int64_t nrows, int64_t ncols, int64_t T, size_t bytes, int ith,
+                    int nth) {
+    const int packed = (type & FL_PACKED) != 0;
+    const int64_t rows_per = packed ? 16 : ROWS_PER_TASK, nrt = (nrows + rows_per - 1) / rows_per;
+    const size_t task = packed ? fl_packed_bytes(type & ~FL_PACKED, 16, ncols) : fl_row_bytes(type, ncols) * rows_per;
+    if (!w || !task || T >= FL_STRIP_MIN_T) return; /* batches: each share is read many times over */
+    const int64_t first = nrt * ith / nth, last = nrt * (ith + 1) / nth;
+    const size_t n = (size_t)(last - first) * task < bytes ? (size_t)(last - first) * task : bytes;
+    for (size_t l = 0; l < n; l += 64) __builtin_prefetch(w + (size_t)first * task + l, 0, 3);
+}
+
 /* y (T, nrows) = x (T, ncols) . W^T, W given as nrows rows of GGUF blocks. */
 int fl_matmul(int type, const void *w, size_t w_bytes, int64_t nrows, int64_t ncols, const float *x, int64_t T,
               float *y, int nthreads) {

@@ -195,6 +195,8 @@ size_t fl_row_bytes(int type, int64_t n);
 void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth);
 void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
                 int64_t T, float *y, int64_t ldy, int ith, int nth);
+void fl_mm_prefetch(int type, const uint8_t *w, int64_t nrows, int64_t ncols, int64_t T, size_t bytes, int ith,
+                    int nth);
 void fl_rms_row(const float *x, int64_t n, const float *w, float eps, float *y);
 /* attention on the fp16 cache: s[i] = fp16(q) . k[i * stride], their softmax, and acc = sum_i p[i] * v[i * stride] */
 typedef void (*fl_scores_f16_fn)(const float *q, const uint16_t *k, int64_t stride, int64_t n, int64_t hd,

@@ -142,6 +142,12 @@ static void mm(const fl_mat *m, const void *act, int64_t T, float *y, int ith, i
     fl_mm_part((int)m->type, (const uint8_t *)m->data, m->nrows, m->ncols, m->bias, act, T, y, m->nrows, ith, nth);
 }
 
+#define PREFETCH_BYTES 2048
+/* before a barrier: the start of this thread's share of the matrix it multiplies next */
+static void mm_next(const fl_mat *m, int64_t T, int ith, int nth) {
+    fl_mm_prefetch((int)m->type, (const uint8_t *)m->data, m->nrows, m->ncols, T, PREFETCH_BYTES, ith, nth);
+}
+
 /* Activations of x (T, n) for every matrix in mats, one buffer per distinct kind; acts[i] for mats[i]. */
 static void prepare(const fl_mat *const *mats, int nm, const float *x, int64_t T, int64_t n, work_t *w,
                     const void **acts, int ith, int nth) {
@@ -253,6 +259,7 @@ static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, i
     mm(&L->q, acts[0], T, w->q, ith, nth);
     mm(&L->k, acts[1], T, w->k, ith, nth);
     mm(&L->v, acts[2], T, w->v, ith, nth);
+    mm_next(&L->o, T, ith, nth);
 #pragma omp barrier
     qk_step(L, w, T, pos0, kc, vc, ith, nth);
 #pragma omp barrier
@@ -262,6 +269,10 @@ static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, i
     prepare(o, 1, w->att, T, L->n_head * L->head_dim, w, acts, ith, nth);
 #pragma omp barrier
     mm(&L->o, acts[0], T, y ? y : w->tmp, ith, nth);
+    if (!L->n_expert) {
+        mm_next(&L->gate, T, ith, nth);
+        mm_next(&L->up, T, ith, nth);
+    }
     if (y) return;
 #pragma omp barrier
     residual(L, x, w->tmp, w->tmp, L->post_attn_norm.data, L->ffn_norm.data, w->h, T, ith, nth);
@@ -276,6 +287,7 @@ static void ffn(const fl_layer *L, const fl_mat *gate, const fl_mat *up, const f
 #pragma omp barrier
     mm(gate, acts[0], T, w->gate, ith, nth);
     mm(up, acts[1], T, w->up, ith, nth);
+    mm_next(down, T, ith, nth);
 #pragma omp barrier
     const int64_t n = T * L->n_ff, per = (n + nth - 1) / nth, a = ith * per, b = a + per < n ? a + per : n;
     if (L->act_gelu)
