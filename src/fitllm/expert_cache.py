@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fitllm import kernels
+from fitllm.kv_cache import KVCache
 from fitllm.models.base import DecoderModel
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class ExpertCache:
         if policy not in POLICIES:
             raise ValueError(f"unknown cache policy {policy!r} ({', '.join(POLICIES)})")
         self.model, self.policy, self.prefetch = model, policy, prefetch
+        self.hp = model.hp
         self.k = model.hp.n_expert_used
         self.layers = {i: b for i, b in enumerate(model.blk) if model.is_moe(b)}
         if not self.layers:
@@ -119,10 +121,10 @@ class ExpertCache:
         # tensors into the page cache (8 MiB at a time here); the dense part is read once, up front
         m.file.advise(mmap.MADV_RANDOM)
         m.file.advise(mmap.MADV_WILLNEED, [t for n, t in m.file.tensors.items() if "_exps" not in n])
-        m._specs = [m.spec(i, blk) for i, blk in enumerate(m.blk)]
+        specs = m.layer_specs()
         for i in self.layers:
-            m._specs[i].fetch = ctypes.cast(self._cb, ctypes.c_void_p).value
-            m._specs[i].layer_id = i
+            specs[i].fetch = ctypes.cast(self._cb, ctypes.c_void_p).value
+            specs[i].layer_id = i
 
     # --- reading --------------------------------------------------------------------------------
     def _read_chunk(self, view: memoryview, off: int) -> None:
@@ -252,16 +254,16 @@ class ExpertCache:
         self.stats.wait_s += time.perf_counter() - t0
         ptrs[3 * e], ptrs[3 * e + 1], ptrs[3 * e + 2] = self.ptr[key]
 
-    def __getattr__(self, name: str):  # hp, new_cache, ...: the model's
-        return getattr(self.model, name)
+    def new_cache(self, n_ctx: int) -> KVCache:
+        return self.model.new_cache(n_ctx)  # the same layers: only where the experts live differs
 
     # --- driving ----------------------------------------------------------------------------------
-    def forward(self, tokens: np.ndarray, kv, all_logits: bool = False) -> np.ndarray:
+    def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
         """model.forward with the experts streamed, and the per-call numbers recorded."""
         st = self.stats
         w0, b0, t0 = st.wait_s, st.bytes_read, time.perf_counter()
         try:
-            out = DecoderModel.forward(self.model, tokens, kv, all_logits)
+            out = self.model.forward(tokens, kv, all_logits)
         except ValueError:
             if self.error is not None:
                 err, self.error = self.error, None

@@ -22,7 +22,7 @@ class PipelineModel(SplitModel):
         self.a, self.b = layers[comm.rank]
         self.last = comm.rank == comm.size - 1
         self.micro_batch = micro_batch
-        self._specs = [model.spec(i, model.blk[i]) for i in range(self.a, self.b)]
+        self._compiled = [model.spec(i, model.blk[i]) for i in range(self.a, self.b)]
 
     def _new_kv(self, n_ctx: int) -> KVCache:
         return KVCache(self.b - self.a, n_ctx, self.hp.n_head_kv, self.hp.head_dim)
@@ -38,7 +38,7 @@ class PipelineModel(SplitModel):
         return list(zip(cuts[:-1], cuts[1:]))
 
     def _run_layers(self, kv: KVCache, x: np.ndarray, pos0: int, n_out: int) -> None:
-        for j, spec in enumerate(self._specs):
+        for j, spec in enumerate(self._compiled):
             last_layer = self.a + j == self.hp.n_layer - 1
             kernels.layer_forward(spec, kv.k[j], kv.v[j], x, pos0, n_out if last_layer else None)
 

@@ -85,9 +85,12 @@ class SplitModel:
         """Rank 0: logits (T, vocab) of the new tokens (the last row unless all_logits)."""
         with self._lock:
             slot = self._slot_of(kv)
-            tokens = self.model._tokens(tokens, kv)
+            tokens = self.model.check_tokens(tokens, kv)
             self._header(CMD_FORWARD, tokens.size, kv.n, all_logits, slot=slot)
             return self._timed_step(kv, tokens, tokens.size, kv.n, all_logits)
+
+    def summary(self) -> str:
+        return ""  # each rank reports its own numbers when it stops (close)
 
     def serve(self) -> None:
         """Ranks > 0: carry out rank 0's commands until it closes."""

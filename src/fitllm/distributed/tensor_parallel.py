@@ -101,7 +101,7 @@ class Shard:
         h0, h1 = self.heads[self.rank], self.heads[self.rank + 1]
         return h0 // self.grp, (h1 - 1) // self.grp + 1
 
-    def _rows(self, lin: Linear, a: int, b: int) -> Linear:
+    def rows(self, lin: Linear, a: int, b: int) -> Linear:
         t = row_view(self.f, lin.weight, a, b)
         self._count(t.nbytes)
         return Linear(t, None if lin.bias is None else lin.bias[a:b])
@@ -129,9 +129,9 @@ class Shard:
         g0, g1 = self.kv_range()
         f0, f1 = self.ffs[r], self.ffs[r + 1]
         out = SimpleNamespace(**vars(blk))
-        out.attn_q = self._rows(blk.attn_q, h0 * hd, h1 * hd)
-        out.attn_k = self._rows(blk.attn_k, g0 * hd, g1 * hd)
-        out.attn_v = self._rows(blk.attn_v, g0 * hd, g1 * hd)
+        out.attn_q = self.rows(blk.attn_q, h0 * hd, h1 * hd)
+        out.attn_k = self.rows(blk.attn_k, g0 * hd, g1 * hd)
+        out.attn_v = self.rows(blk.attn_v, g0 * hd, g1 * hd)
         out.attn_output = self._cols(blk.attn_output, h0 * hd, h1 * hd, keep_bias=r == 0)
         if hasattr(blk, "ffn_down_exps"):
             out.ffn_gate_exps = self._expert_rows(blk.ffn_gate_exps, f0, f1)
@@ -139,8 +139,8 @@ class Shard:
             out.ffn_down_exps = self._cols(blk.ffn_down_exps, f0, f1, keep_bias=False)
             self._count(blk.ffn_gate_inp.weight.nbytes)
         else:
-            out.ffn_gate = self._rows(blk.ffn_gate, f0, f1)
-            out.ffn_up = self._rows(blk.ffn_up, f0, f1)
+            out.ffn_gate = self.rows(blk.ffn_gate, f0, f1)
+            out.ffn_up = self.rows(blk.ffn_up, f0, f1)
             out.ffn_down = self._cols(blk.ffn_down, f0, f1, keep_bias=r == 0)
         return out
 
@@ -155,13 +155,13 @@ class TensorParallelModel(SplitModel):
             model.hp, n_head=sh.heads[r + 1] - sh.heads[r], n_head_kv=g1 - g0, n_ff=sh.ffs[r + 1] - sh.ffs[r]
         )
         local.blk = [sh.layer(b) for b in model.blk]
-        local.output = sh._rows(model.output, sh.vocab[r], sh.vocab[r + 1])
+        local.output = sh.rows(model.output, sh.vocab[r], sh.vocab[r + 1])
         self.local = local
-        self._specs = []
+        self._compiled = []
         for i, b in enumerate(local.blk):
             spec = local.spec(i, b)
             spec.head0, spec.n_group = sh.heads[r], sh.grp
-            self._specs.append(spec)
+            self._compiled.append(spec)
         self.bytes, self.copied, self.read_per_token = sh.bytes, sh.copied, sh.read_per_token
 
     def _new_kv(self, n_ctx: int) -> KVCache:
@@ -176,8 +176,8 @@ class TensorParallelModel(SplitModel):
         c.bcast(tokens)
         x = np.ascontiguousarray(self.local.embed(tokens), np.float32)
         y = np.empty_like(x)
-        last = len(self._specs) - 1
-        for i, spec in enumerate(self._specs):
+        last = len(self._compiled) - 1
+        for i, spec in enumerate(self._compiled):
             n_out = T if all_logits or i < last else 1
             kernels.layer_forward(spec, kv.k[i], kv.v[i], x, pos0, n_out, y, kernels.STAGE_ATTN)
             c.allreduce(y)

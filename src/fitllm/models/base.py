@@ -86,6 +86,7 @@ class DecoderModel:
         check_blocks(f, self.hp.n_layer)
         used = check_tensors(f, self.hp, f.architecture)
         self.blk = [SimpleNamespace() for _ in range(self.hp.n_layer)]
+        self._layer_specs: list[kernels.LayerSpec] | None = None
         for name, t in f.tensors.items():
             if name in used:  # tensors no architecture reads (rope_freqs, ...) stay unread
                 self._place(name, t)
@@ -120,6 +121,12 @@ class DecoderModel:
 
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.hp.n_layer, n_ctx, self.hp.n_head_kv, self.hp.head_dim)
+
+    def summary(self) -> str:
+        return ""  # nothing beyond what the caller measures
+
+    def close(self) -> None:
+        pass  # the file's mapping goes with the last reference
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         return self.token_embd.rows(tokens)
@@ -190,7 +197,15 @@ class DecoderModel:
             act,
         )
 
-    def _tokens(self, tokens: np.ndarray, kv: KVCache) -> np.ndarray:
+    def layer_specs(self) -> list[kernels.LayerSpec]:
+        """Every block for the compiled path, made on first use and then kept: each KV cache's
+        layer stack is built on this very list, and the expert cache sets its callback in them."""
+        if self._layer_specs is None:
+            self._layer_specs = [self.spec(i, blk) for i, blk in enumerate(self.blk)]
+        return self._layer_specs
+
+    def check_tokens(self, tokens: np.ndarray, kv: KVCache) -> np.ndarray:
+        """The tokens as int32, refused (ValueError) when out of the vocabulary or past kv's room."""
         tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.hp.n_vocab):
             raise ValueError(f"token id out of range [0, {self.hp.n_vocab})")
@@ -202,12 +217,11 @@ class DecoderModel:
 
     def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
         """Logits (T, vocab) for the new tokens (only the last row unless all_logits)."""
-        tokens = self._tokens(tokens, kv)
-        if not hasattr(self, "_specs"):
-            self._specs = [self.spec(i, blk) for i, blk in enumerate(self.blk)]
+        tokens = self.check_tokens(tokens, kv)
+        specs = self.layer_specs()
         x = np.ascontiguousarray(self.embed(tokens), dtype=np.float32)
-        if kv.stack is None or kv.stack.specs is not self._specs:
-            kv.stack = kernels.LayerStack(self._specs, kv.k, kv.v)
+        if kv.stack is None or kv.stack.specs is not specs:
+            kv.stack = kernels.LayerStack(specs, kv.k, kv.v)
         # the last layer's feed-forward only for the rows whose logits are wanted, as llama.cpp
         kv.stack.forward(x, kv.n, tokens.size if all_logits else 1)
         kv.n += tokens.size
@@ -215,7 +229,7 @@ class DecoderModel:
 
     def forward_reference(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
         """forward() in numpy, block by block (`layer`): the readable reference."""
-        tokens = self._tokens(tokens, kv)
+        tokens = self.check_tokens(tokens, kv)
         pos = np.arange(kv.n, kv.n + tokens.size)
         x = self.embed(tokens)
         for i, blk in enumerate(self.blk):
