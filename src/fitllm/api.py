@@ -7,16 +7,17 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from fitllm import kernels
-from fitllm.generate import prefill
+from fitllm.generate import Sampler, SeqState, Stopping, evaluate, generate
 from fitllm.gguf import GGUFFile
 from fitllm.gguf.reader import ARRAY
 from fitllm.models import DecoderModel, load_model
+from fitllm.models.protocol import Model
 from fitllm.sampling import SamplingParams, make_sampler
 from fitllm.timings import Timings
 from fitllm.tokenizer import GGUFTokenizer
@@ -74,7 +75,7 @@ class Llama:
 
         split = under_mpirun()
         if split:
-            self._model = self._load_split(split_mode, tensor_split, mmap_stream)
+            self._model: Model = self._load_split(split_mode, tensor_split, mmap_stream)
         else:
             self._model = load_model(self._file)
         budget, given = (None, False) if split or mmap_stream else _budget(memory_budget)
@@ -82,18 +83,16 @@ class Llama:
         repacked = self._repack() if budget and self._model_bytes() * 2 < budget else None
         self._tok = GGUFTokenizer(self._file)
         self.n_batch = max(1, min(n_batch, self._n_ctx))
-        self._scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
+        scores = np.zeros((self._n_ctx if logits_all else 1, self._model.hp.n_vocab), np.float32)
         if budget:  # after what it holds besides the weights
             self._model = self._fit(budget, expert_cache, prefetch_experts, given)
             if repacked is None and isinstance(self._model, DecoderModel):
                 repacked = self._repack(len(os.sched_getaffinity(0)))
         if repacked:
             repacked()
-        self._kv = self._model.new_cache(self._n_ctx)
+        self._seq = SeqState(self._model.new_cache(self._n_ctx), scores, logits_all)
         self.logits_all = logits_all
         self._seed, self._rng_ = None if seed == LLAMA_DEFAULT_SEED else seed, None
-        self.input_ids: list[int] = []
-        self._last_logits: np.ndarray | None = None
         self._chat_template = None
         self._max_piece_bytes: int | None = None
         # what llama.cpp's perf counters say: load, prompt and token evaluation, sampling
@@ -147,13 +146,29 @@ class Llama:
         atexit.register(model.close)
         return model
 
+    @property
+    def model(self) -> Model:
+        """What evaluates tokens: the loaded model, or a wrapper of it (experts streamed, split over
+        ranks); shared with this Llama's forks."""
+        return self._model
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        """Put a wrapper of the model in its place (a server's turn-taking); forks made after share it."""
+        if not isinstance(model, Model):
+            raise TypeError(f"{type(model).__name__} does not implement fitllm.models.protocol.Model")
+        self._model = model
+
+    @property
+    def tokenizer(self) -> GGUFTokenizer:
+        return self._tok
+
     def close(self) -> None:
         """Release the model; under mpirun, let the other ranks finish."""
-        if hasattr(self._model, "summary"):
-            log.info("%s", self._model.summary())
-        close = getattr(self._model, "close", None)
-        if close:
-            close()
+        summary = self._model.summary()
+        if summary:
+            log.info("%s", summary)
+        self._model.close()
 
     # --- vocabulary -------------------------------------------------------------------------
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
@@ -188,32 +203,33 @@ class Llama:
 
     # --- low level ----------------------------------------------------------------------------
     @property
+    def input_ids(self) -> list[int]:
+        """The tokens evaluated into the context."""
+        return self._seq.tokens
+
+    @property
     def n_tokens(self) -> int:
         return len(self.input_ids)
 
     @property
     def scores(self) -> np.ndarray:
         """Logits rows: one per evaluated token with logits_all=True, else the last one."""
-        return self._scores
+        return self._seq.scores
+
+    @property
+    def _last_logits(self) -> np.ndarray | None:
+        return self._seq.logits
 
     def reset(self) -> None:
-        self.input_ids = []
-        self._kv.truncate(0)
-        self._last_logits = None
+        self._seq.truncate(0)
+        self._seq.logits = None
 
     def eval(self, tokens: Sequence[int]) -> None:
         tokens = list(tokens)
         if not tokens:  # nothing to do, as llama-cpp-python's eval; prompts never get here empty
             return
         self._check_ids(tokens)
-        start = len(self.input_ids)
-        logits = prefill(self._model, self._kv, tokens, self.n_batch, all_logits=self.logits_all)
-        self.input_ids.extend(tokens)
-        if self.logits_all:
-            self._scores[start : start + len(tokens)] = logits
-            self._last_logits = logits[-1]
-        else:
-            self._scores[0] = self._last_logits = logits
+        evaluate(self._model, self._seq, tokens, self.n_batch)
 
     def _check_ids(self, tokens: list[int]) -> None:
         """ValueError for an id the vocabulary has not: the kernels would wrap it round (or
@@ -233,8 +249,7 @@ class Llama:
                 break
             common += 1
         common = min(common, len(tokens) - 1)  # re-evaluate at least one token for its logits
-        self.input_ids = self.input_ids[:common]
-        self._kv.truncate(common)
+        self._seq.truncate(common)
         t = time.perf_counter()
         self.eval(tokens[common:])
         self.perf.prompt(t, len(tokens) - common)
@@ -275,13 +290,12 @@ class Llama:
         if max_tokens is None or max_tokens <= 0:
             max_tokens = self._n_ctx - len(prompt_tokens)
         meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()), model=model or self.model_path)
-        finish: dict = {}
         sample = make_sampler(params, rng)
-        tokens = self._stream_tokens(prompt_tokens, sample, max_tokens, finish, stopping_criteria)
+        tokens = self._generate(prompt_tokens, sample, max_tokens, stopping_criteria)
         echo_text = self.detokenize(prompt_tokens).decode("utf-8", "replace") if echo else ""
         if stream:
-            return completion_chunks(self, tokens, finish, stops, echo_text, meta)
-        return completion_result(self, tokens, finish, stops, echo_text, meta, len(prompt_tokens))
+            return completion_chunks(self.tokenizer, tokens, stops, echo_text, meta)
+        return completion_result(self.tokenizer, tokens, stops, echo_text, meta, len(prompt_tokens))
 
     __call__ = create_completion
 
@@ -346,34 +360,19 @@ class Llama:
         """Another Llama on the same weights and tokenizer, with its own context (KV cache, tokens,
         sampler): a server slot. Their evaluations must not overlap (the kernels share buffers)."""
         other = copy.copy(self)
-        other._kv = self._model.new_cache(self._n_ctx)
-        other.input_ids, other._last_logits = [], None
-        other._scores = np.zeros_like(self._scores)
+        other._seq = SeqState(self._model.new_cache(self._n_ctx), np.zeros_like(self.scores), self.logits_all)
         other._seed, other._rng_ = None, None
         other.perf = Timings(load_ms=self.perf.load_ms)
         return other
 
-    def _stream_tokens(
-        self, prompt_tokens: list[int], sample, max_tokens: int, finish: dict, stopping=None
-    ) -> Iterator[int]:
-        """Sampled tokens; finish["reason"] says why they ended ("stop": end of generation or
-        stopping(input_ids, logits) said so)."""
+    def _generate(
+        self, prompt_tokens: list[int], sample: Sampler, max_tokens: int, stopping: Stopping | None = None
+    ) -> Generator[int, None, str]:
+        """The prompt evaluated (when first asked for a token), then generate's tokens; returns
+        their finish reason."""
         self._eval_prompt(prompt_tokens)
-        finish["reason"] = "length"
-        perf = self.perf
-        for i in range(max_tokens):
-            if stopping is not None and stopping(np.asarray(self.input_ids), self._last_logits):
-                finish["reason"] = "stop"
-                return
-            t = time.perf_counter()
-            tok = sample(self._last_logits, self.input_ids)
-            perf.sampled(t)
-            if self._tok.is_eog(tok):
-                finish["reason"] = "stop"
-                return
-            yield tok
-            if i + 1 == max_tokens or len(self.input_ids) + 1 >= self._n_ctx:
-                return  # the context holds prompt + completion
-            t = time.perf_counter()
-            self.eval([tok])
-            perf.evaluated(t)
+        return (
+            yield from generate(
+                self._model, self._seq, sample, max_tokens, self._n_ctx, self._tok.is_eog, stopping, self.perf
+            )
+        )

@@ -47,8 +47,8 @@ def _child(engine: str, model: str, threads: int, n_prompt: int, n_gen: int, bud
     gen_s = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out = {"load_s": load_s, "prompt_tps": n_prompt / prompt_s, "decode_tps": n_gen / gen_s, "rss": rss}
-    summary = getattr(getattr(llm, "_model", None), "summary", None)  # experts streamed
-    return out | ({"experts": summary()} if summary else {})
+    summary = llm.model.summary() if engine == "fitllm" else ""  # experts streamed: how the cache did
+    return out | ({"experts": summary} if summary else {})
 
 
 def _measure(engine: str, model: str, threads: int, n_prompt: int, n_gen: int, budget: str = "") -> dict:

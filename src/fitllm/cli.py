@@ -106,9 +106,9 @@ def _perplexity(a: argparse.Namespace) -> None:
         return
     llm = _load(a)
     tokens = llm.tokenize(text.encode(), add_bos=True, special=False)  # as llama.cpp's tool does
-    tok = llm._tok
+    tok = llm.tokenizer
     bos = tok.bos_id if tok.add_bos else None
-    r = perplexity(llm._model, tokens, a.ctx_size, min(a.batch_size, a.ctx_size), bos, a.chunks)
+    r = perplexity(llm.model, tokens, a.ctx_size, min(a.batch_size, a.ctx_size), bos, a.chunks)
     print(r.report())
 
 

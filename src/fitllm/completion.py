@@ -3,7 +3,11 @@ streaming chunks (text is held back while it could still turn into a stop string
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+
+from fitllm.tokenizer import GGUFTokenizer
+
+Tokens = Generator[int, None, str]  # generate()'s: the tokens, then the finish reason
 
 
 def _first_stop(text: str, stops: list[str]) -> int:
@@ -22,14 +26,17 @@ def _held_back(text: str, stops: list[str]) -> int:
     return n
 
 
-def _texts(
-    llm, tokens: Iterator[int], stops: list[str], finish: dict
-) -> Iterator[tuple[str, str | None, int]]:
+def _texts(tok: GGUFTokenizer, tokens: Tokens, stops: list[str]) -> Iterator[tuple[str, str | None, int]]:
     """Yield (new text, finish_reason or None, tokens so far); the last item has the reason."""
     raw, sent, n = b"", 0, 0
-    for tok in tokens:
+    while True:
+        try:
+            token = next(tokens)
+        except StopIteration as end:
+            reason = end.value or "stop"
+            break
         n += 1
-        raw += llm._tok.token_to_piece(tok)
+        raw += tok.token_to_piece(token)
         partial = _incomplete_utf8(raw)
         text = raw.decode("utf-8", "ignore") if partial else raw.decode("utf-8", "replace")
         cut = _first_stop(text, stops)
@@ -42,7 +49,7 @@ def _texts(
             yield text[sent:safe], None, n
             sent = safe
     text = raw.decode("utf-8", "replace")
-    yield text[sent:], finish.get("reason", "stop"), n
+    yield text[sent:], reason, n
 
 
 def _incomplete_utf8(b: bytes) -> bool:
@@ -59,9 +66,11 @@ def _choice(text: str, reason: str | None) -> dict:
     return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
 
 
-def completion_result(llm, tokens, finish, stops, echo_text, meta, n_prompt) -> dict:
+def completion_result(
+    tok: GGUFTokenizer, tokens: Tokens, stops: list[str], echo_text: str, meta: dict, n_prompt: int
+) -> dict:
     text, reason, n = echo_text, "length", 0
-    for piece, why, n in _texts(llm, tokens, stops, finish):
+    for piece, why, n in _texts(tok, tokens, stops):
         text += piece
         reason = why or reason
     return {
@@ -72,8 +81,10 @@ def completion_result(llm, tokens, finish, stops, echo_text, meta, n_prompt) -> 
     }
 
 
-def completion_chunks(llm, tokens, finish, stops, echo_text, meta) -> Iterator[dict]:
+def completion_chunks(
+    tok: GGUFTokenizer, tokens: Tokens, stops: list[str], echo_text: str, meta: dict
+) -> Iterator[dict]:
     if echo_text:
         yield {**meta, "object": "text_completion", "choices": [_choice(echo_text, None)]}
-    for piece, why, _ in _texts(llm, tokens, stops, finish):
+    for piece, why, _ in _texts(tok, tokens, stops):
         yield {**meta, "object": "text_completion", "choices": [_choice(piece, why)]}

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from fitllm.models.protocol import Model
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +40,13 @@ def score(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def perplexity(
-    model, tokens: list[int], n_ctx: int, n_batch: int, bos_id: int | None, n_chunks: int = -1, progress=True
+    model: Model,
+    tokens: list[int],
+    n_ctx: int,
+    n_batch: int,
+    bos_id: int | None,
+    n_chunks: int = -1,
+    progress: bool = True,
 ) -> Perplexity:
     """model: forward(tokens, kv, all_logits) and new_cache(n) (a DecoderModel, or a streamed or
     split one); bos_id: the BOS put at each chunk's start, None when the model adds none."""
@@ -134,9 +142,9 @@ def _ppl(path: str, text: str, n_ctx: int) -> tuple[float, float]:
     from fitllm.api import Llama
 
     llm = Llama(path, n_ctx=n_ctx, verbose=False)
-    tok = llm._tok
+    tok = llm.tokenizer
     bos = tok.bos_id if tok.add_bos else None
-    r = perplexity(llm._model, llm.tokenize(text.encode()), n_ctx, n_ctx, bos, progress=False)
+    r = perplexity(llm.model, llm.tokenize(text.encode()), n_ctx, n_ctx, bos, progress=False)
     llm.close()
     return r.ppl, r.stderr
 

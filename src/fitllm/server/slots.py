@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+
+import numpy as np
 
 from fitllm.api import Llama
+from fitllm.kv_cache import KVCache
+from fitllm.models.protocol import Model
 from fitllm.server.errors import HTTPError
 
 
 class LockedModel:
-    """A model whose forward passes take turns (shared by every slot)."""
+    """A model whose forward passes take turns (shared by every slot): the kernels' work buffers
+    are one per process."""
 
-    def __init__(self, model: Any, lock: threading.Lock) -> None:
+    def __init__(self, model: Model, lock: threading.Lock) -> None:
         self._m, self._lock = model, lock
+        self.hp = model.hp
 
-    def forward(self, *a: Any, **kw: Any):
+    def forward(self, tokens: np.ndarray, kv: KVCache, all_logits: bool = False) -> np.ndarray:
         with self._lock:
-            return self._m.forward(*a, **kw)
+            return self._m.forward(tokens, kv, all_logits)
 
-    def __getattr__(self, name: str):
-        return getattr(self._m, name)
+    def new_cache(self, n_ctx: int) -> KVCache:
+        return self._m.new_cache(n_ctx)
+
+    def summary(self) -> str:
+        return self._m.summary()
+
+    def close(self) -> None:
+        self._m.close()
 
 
 class Slots:
@@ -29,7 +40,7 @@ class Slots:
 
     def __init__(self, llm: Llama, parallel: int, queue: int) -> None:
         lock = threading.Lock()
-        llm._model = LockedModel(llm._model, lock)
+        llm.model = LockedModel(llm.model, lock)
         self.free: asyncio.Queue[Llama] = asyncio.Queue()
         for i in range(parallel):
             self.free.put_nowait(llm if i == 0 else llm.fork())
