@@ -20,6 +20,7 @@ from tiny_models import upcycle
 
 MEMBERS = ("hp", "forward", "new_cache", "summary", "close")
 GREEDY = dict(max_tokens=12, temperature=0)
+TEXT = b"The capital of France is Paris, and the capital of Germany is Berlin, and that of Spain is Madrid."
 
 
 class OnlyModel:
@@ -74,7 +75,7 @@ def test_llama_needs_nothing_else(smollm2_path):
     llm = Llama(smollm2_path, n_ctx=64, verbose=False)
     want = llm.create_completion("The capital of France is", **GREEDY)["choices"][0]["text"]
     llm.reset()
-    tokens = llm.tokenize(b"The capital of France is Paris, and the capital of Germany is Berlin, and the capital of Spain is Madrid.")
+    tokens = llm.tokenize(TEXT)
     bos = llm.tokenizer.bos_id if llm.tokenizer.add_bos else None
     ppl = perplexity(llm.model, tokens[:16], 16, 8, bos, progress=False).ppl
     llm.model = OnlyModel(llm.model)
