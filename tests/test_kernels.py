@@ -259,3 +259,45 @@ def test_openmp_spinning_is_bounded():
     assert f"GOMP_SPINCOUNT = '{K.SPINCOUNT}'" in _gomp_view({})
     assert "GOMP_SPINCOUNT = '300000'" in _gomp_view({"GOMP_SPINCOUNT": "300000"})  # the user's choice stands
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in _gomp_view({"OMP_WAIT_POLICY": "active"})
+
+
+def test_ctypes_mirrors_match_the_library():
+    from fitllm.kernels import blocks, layer, lib
+
+    for cls, which, c_name in (
+        (layer.Mat, "MAT", "fl_mat"),
+        (layer.Vec, "VEC", "fl_vec"),
+        (layer.LayerSpec, "LAYER", "fl_layer"),
+        (blocks.RepackJob, "REPACK_JOB", "fl_repack_job"),
+    ):
+        lib.check_struct(cls, which, c_name)  # what the import ran: no error
+    assert K.PACKED == lib.constant("FL_PACKED") == 64
+    assert (K.STAGE_ALL, K.STAGE_ATTN, K.STAGE_FFN, K.STAGE_DONE) == (0, 1, 2, 3)
+    with pytest.raises(ImportError, match="no constant FL_NOPE"):
+        lib.constant("FL_NOPE")
+
+
+def test_a_wrong_struct_layout_fails_the_import_check(monkeypatch):
+    import ctypes
+
+    from fitllm.kernels import layer, lib
+
+    fields = [(n, ctypes.c_int64 * 2 if n == "nbytes" else t) for n, t in layer.Mat._fields_]
+    bad = type("Mat", (ctypes.Structure,), {"_fields_": fields})
+    monkeypatch.setattr(layer, "Mat", bad)
+    msg = r"^Mat mirrors fl_mat with type at offset 24, the library's at 16$"  # the field after the wrong one
+    with pytest.raises(ImportError, match=msg):
+        lib.check_struct(layer.Mat, "MAT", "fl_mat")
+    short = type("Vec", (ctypes.Structure,), {"_fields_": layer.Vec._fields_[:1]})
+    with pytest.raises(ImportError, match="Vec mirrors fl_vec with 1 fields, the library has more"):
+        lib.check_struct(short, "VEC", "fl_vec")
+
+
+def test_every_call_is_declared():
+    from fitllm.kernels import lib
+
+    names = [name for name, _, _ in lib.FUNCTIONS]
+    assert len(names) == len(set(names))
+    for name in names:
+        fn = getattr(K._lib, name)
+        assert fn.argtypes is not None and len(fn.argtypes) == len(lib.PARAMS[name])

@@ -54,8 +54,8 @@ void fl_act_row(int kind, const float *x, int64_t n, void *out) {
     case FL_ACT_F32: memcpy(f, x, (size_t)n * sizeof(float)); break;
     case FL_ACT_F16: for (int64_t j = 0; j < n; j++) f[j] = fl_h2f(fl_f2h(x[j])); break;
     case FL_ACT_BF16: for (int64_t j = 0; j < n; j++) f[j] = fl_bf2f(fl_f2bf(x[j])); break;
-    case FL_ACT_Q8_0: fl_q8_0_row_kernel()(x, n, (fl_q8 *)out, 0); break;
-    case FL_ACT_Q8_1: fl_q8_0_row_kernel()(x, n, (fl_q8 *)out, 1); break;
+    case FL_ACT_Q8_0: fl_ops_get()->q8_0_row(x, n, (fl_q8 *)out, 0); break;
+    case FL_ACT_Q8_1: fl_ops_get()->q8_0_row(x, n, (fl_q8 *)out, 1); break;
     case FL_ACT_Q8_K: q8_k_row(x, n, (fl_q8 *)out); break;
     }
 }

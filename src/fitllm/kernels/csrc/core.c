@@ -64,25 +64,16 @@ int fl_get_rows(int type, const void *w, size_t w_bytes, int64_t nrows, int64_t 
     return FL_OK;
 }
 
-typedef void (*mm_q_fn)(int, const uint8_t *, size_t, int64_t, const fl_q8 *, const void *, int64_t, int64_t, int64_t, float *,
-                        int64_t, int);
-typedef void (*mm_f_fn)(int, const uint8_t *, size_t, int64_t, const float *, int64_t, int64_t, int64_t, float *,
-                        int64_t);
-static const mm_q_fn MM_Q[] = {fl_mm_q_portable, fl_mm_q_avx2, fl_mm_q_vnni};
-static const mm_f_fn MM_F[] = {fl_mm_f_portable, fl_mm_f_avx2, fl_mm_f_vnni};
-static const fl_scores_f16_fn SCORES_F16[] = {fl_scores_f16_portable, fl_scores_f16_avx2, fl_scores_f16_vnni};
-static const fl_pv_f16_fn PV_F16[] = {fl_pv_f16_portable, fl_pv_f16_avx2, fl_pv_f16_vnni};
-static const fl_softmax_fn SOFTMAX[] = {fl_softmax_portable, fl_softmax_avx2, fl_softmax_vnni};
-static const fl_swiglu_fn SWIGLU[] = {fl_swiglu_portable, fl_swiglu_avx2, fl_swiglu_vnni};
-static const fl_q8_0_row_fn Q8_0_ROW[] = {fl_q8_0_row_portable, fl_q8_0_row_avx2, fl_q8_0_row_vnni};
-typedef uint64_t (*read_sum_fn)(const uint8_t *, size_t);
-static const read_sum_fn READ_SUM[] = {fl_read_sum_portable, fl_read_sum_avx2, fl_read_sum_vnni};
+/* one kernel table per ISA, indexed by FL_ISA_* */
+static const fl_ops *const FL_OPS[] = {&FL_OPS_PORTABLE, &FL_OPS_AVX2, &FL_OPS_AVX512};
+
+const fl_ops *fl_ops_get(void) { return FL_OPS[fl_get_isa()]; }
 
 /* n bytes of buf read by nthreads threads, each its share: the machine's memory read speed
  * (`fitllm bench`'s decode ceiling); returns their sum, so that the reads are not dropped */
 uint64_t fl_read_sum(const uint8_t *buf, size_t n, int nthreads) {
     uint64_t total = 0;
-    const read_sum_fn f = READ_SUM[fl_get_isa()];
+    uint64_t (*const f)(const uint8_t *, size_t) = fl_ops_get()->read_sum;
 #pragma omp parallel num_threads(nthreads) reduction(+ : total)
     {
         const size_t per = n / (size_t)omp_get_num_threads() / 128 * 128, a = per * (size_t)omp_get_thread_num();
@@ -90,13 +81,6 @@ uint64_t fl_read_sum(const uint8_t *buf, size_t n, int nthreads) {
     }
     return total;
 }
-
-/* the attention kernels of the current ISA, fetched once per step */
-fl_scores_f16_fn fl_scores_f16_kernel(void) { return SCORES_F16[fl_get_isa()]; }
-fl_pv_f16_fn fl_pv_f16_kernel(void) { return PV_F16[fl_get_isa()]; }
-fl_softmax_fn fl_softmax_kernel(void) { return SOFTMAX[fl_get_isa()]; }
-fl_swiglu_fn fl_swiglu_kernel(void) { return SWIGLU[fl_get_isa()]; }
-fl_q8_0_row_fn fl_q8_0_row_kernel(void) { return Q8_0_ROW[fl_get_isa()]; }
 
 /* Rows of activations [ith-th share of T] in the kind a weight type wants. Inside a parallel region. */
 void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth) {
@@ -119,9 +103,10 @@ static void mm_packed(int type, const uint8_t *w, int64_t nrows, int64_t ncols, 
                       int64_t T, float *y, int64_t ldy, int ith, int nth) {
     const int64_t nb32 = ncols / 32, nrt = (nrows + 15) / 16, tpt = 128, ntask = nrt * ((T + tpt - 1) / tpt);
     const int vnni = fl_get_isa() >= FL_ISA_AVX512VNNI;
-    const int32_t *sa = vnni ? fl_strip_sums_vnni(act, nb32, T) : fl_strip_sums_avx2(act, nb32, T);
+    const fl_ops *const ops = vnni ? &FL_OPS_AVX512 : &FL_OPS_AVX2;
+    const int32_t *sa = ops->strip_sums(act, nb32, T);
     void (*const packed)(int, const uint8_t *, int64_t, const fl_q8 *, const int32_t *, int64_t, int64_t, int64_t,
-                         float *, int64_t) = vnni ? fl_mm_packed_vnni : fl_mm_packed_avx2;
+                         float *, int64_t) = ops->mm_packed;
     for (int64_t k = ntask * ith / nth, k1 = ntask * (ith + 1) / nth; k < k1; k++) {
         const int64_t r0 = (k % nrt) * 16, r1 = r0 + 16 < nrows ? r0 + 16 : nrows;
         const int64_t t0 = (k / nrt) * tpt, nt = T - t0 < tpt ? T - t0 : tpt;
@@ -157,8 +142,8 @@ static int mm_strip_avx2(int type, const uint8_t *w, size_t rb, int64_t r0, int6
     }
     if (!STRIP || !sa) return 0;
     fl_pack_strip(type, w + r0 * rb, rb, (int)(r1 - r0), ncols, STRIP);
-    fl_mm_packed_avx2(type, STRIP, ncols / 32, (const fl_q8 *)act + t0 * (ncols / 32), sa + t0 * (ncols / 32), nt, 0,
-                      r1 - r0, y + t0 * ldy + r0, ldy);
+    FL_OPS_AVX2.mm_packed(type, STRIP, ncols / 32, (const fl_q8 *)act + t0 * (ncols / 32), sa + t0 * (ncols / 32),
+                          nt, 0, r1 - r0, y + t0 * ldy + r0, ldy);
     return 1;
 }
 
@@ -177,11 +162,12 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
      * once per task: give them more tokens to share it; else the tiles (pk: packed activations) */
     const int strip = isa == FL_ISA_AVX512VNNI && T >= FL_STRIP_MIN_T && FL_STRIP_TYPE(type);
     const int strip2 = isa == FL_ISA_AVX2 && T >= FL_STRIP_MIN_T && fl_packable(type);
-    const int32_t *sa2 = strip2 ? fl_strip_sums_avx2(act, ncols / 32, T) : NULL;
+    const int32_t *sa2 = strip2 ? FL_OPS_AVX2.strip_sums(act, ncols / 32, T) : NULL;
     const int64_t tpt = strip || strip2 ? 128 : TOKENS_PER_TASK;
     const int64_t ntask = nrt * ((T + tpt - 1) / tpt);
-    const uint8_t *pk = strip ? fl_strip_sums_vnni(act, ncols / 32, T)
-                        : isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? fl_pack_vnni(act, ncols / 32, T)
+    const fl_ops *const ops = FL_OPS[isa];
+    const uint8_t *pk = strip ? FL_OPS_AVX512.strip_sums(act, ncols / 32, T)
+                        : isa == FL_ISA_AVX512VNNI && kind >= FL_ACT_Q8_0 ? FL_OPS_AVX512.pack_act(act, ncols / 32, T)
                                                                           : NULL;
     const size_t pk_token = strip ? (size_t)(ncols / 32) * sizeof(int32_t) : (size_t)(ncols / 64) * FL_ZPACK_BYTES;
     for (int64_t k = ntask * ith / nth, k1 = ntask * (ith + 1) / nth; k < k1; k++) {
@@ -191,10 +177,10 @@ void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const 
         if (strip2 && mm_strip_avx2(type, w, rb, r0, r1, ncols, act, sa2, t0, nt, y, ldy))
             ;
         else if (kind >= FL_ACT_Q8_0)
-            MM_Q[isa](type, w, rb, ncols / 32, (const fl_q8 *)a, pk ? pk + t0 * pk_token : NULL, nt, r0, r1,
+            ops->mm_q(type, w, rb, ncols / 32, (const fl_q8 *)a, pk ? pk + t0 * pk_token : NULL, nt, r0, r1,
                       y + t0 * ldy, ldy, strip && pk);
         else
-            MM_F[isa](type, w, rb, ncols, (const float *)a, nt, r0, r1, y + t0 * ldy, ldy);
+            ops->mm_f(type, w, rb, ncols, (const float *)a, nt, r0, r1, y + t0 * ldy, ldy);
         add_bias(bias, t0, nt, r0, r1, y, ldy);
     }
 }

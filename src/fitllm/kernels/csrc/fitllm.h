@@ -1,22 +1,11 @@
-/* fitllm compiled core: GGUF block formats, dequantization and matrix products.
- * Type ids are ggml's, so a GGUF tensor's type number is passed straight through. */
+/* fitllm compiled core, internal declarations: block helpers, the per-ISA ops table, and what the
+ * C files share. The public interface (what Python calls) is fitllm_api.h. */
 #ifndef FITLLM_H
 #define FITLLM_H
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-
-enum {
-    FL_F32 = 0, FL_F16 = 1, FL_Q4_0 = 2, FL_Q4_1 = 3, FL_Q5_0 = 6, FL_Q5_1 = 7, FL_Q8_0 = 8,
-    FL_Q2_K = 10, FL_Q3_K = 11, FL_Q4_K = 12, FL_Q5_K = 13, FL_Q6_K = 14, FL_BF16 = 30,
-    FL_NTYPES = 31
-};
-
-/* error codes returned by the public functions */
-enum { FL_OK = 0, FL_EBADTYPE = -1, FL_ESIZE = -2, FL_EINDEX = -3, FL_ENOMEM = -4, FL_EFETCH = -5, FL_EIO = -6 };
-
-/* ISA levels, chosen at run time */
-enum { FL_ISA_PORTABLE = 0, FL_ISA_AVX2 = 1, FL_ISA_AVX512VNNI = 2 };
+#include "fitllm_api.h"
 
 /* Activations quantized to 8 bits in blocks of 32, as llama.cpp does for decode.
  * s0/s1 = d * sum of the first/second 16 quants: they carry the weight blocks' offsets (mins). */
@@ -65,59 +54,56 @@ static inline float fl_bf2f(uint16_t h) {
     return f;
 }
 
-int64_t fl_gguf_strings(const uint8_t *buf, size_t size, size_t off, int64_t n, int big_endian, int64_t *starts,
-                        int64_t *lens);
-
-/* AVX-512: this thread's copy of a matmul's activations in the tiles' layout, FL_ZPACK_BYTES per token
- * and 64 elements (fl_mm_part makes it); NULL when it cannot be made (the tiles then use tile_q). */
+/* AVX-512: bytes per token and 64 elements of the tiles' packed activations (fl_ops.pack_act) */
 #define FL_ZPACK_BYTES 192
-const void *fl_pack_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 
 /* AVX-512 VNNI: matrix products of at least this many tokens (`batch`, the whole product's) run
  * on repacked 16-row strips, which sum in another order than the smaller ones' tiles */
 #define FL_STRIP_MIN_T 8
-/* AVX2 / AVX-512: this thread's per-32 sums of a matmul's activation quants (the strips' offsets) */
-const void *fl_strip_sums_avx2(const fl_q8 *a, int64_t nb32, int64_t T);
-const void *fl_strip_sums_vnni(const fl_q8 *a, int64_t nb32, int64_t T);
 /* the types that take them: one scale (and min) per 32 elements. With a scale per 16 (Q2_K Q3_K
  * Q6_K) the float work per vpdpbusd doubles and the 2-row tiles are as fast. */
 #define FL_STRIP_TYPE(t) \
     ((t) == FL_Q4_0 || (t) == FL_Q4_1 || (t) == FL_Q5_0 || (t) == FL_Q5_1 || (t) == FL_Q8_0 || (t) == FL_Q4_K || (t) == FL_Q5_K)
-int fl_batch_min_tokens(void);
 
 /* Matrices repacked in 16-row strips (repack.c) for the AVX-512 VNNI strip products (and their AVX2
- * twins, strips_avx2.h): their type is the blocks' type | FL_PACKED. QB, SB: bytes of quants, of
+ * twins, strips_avx2.inc): their type is the blocks' type | FL_PACKED (fitllm_api.h). QB, SB: bytes of quants, of
  * scales per 16 rows x 32 columns; BB per 16 rows x 256 columns (Q4_K's d, dmin). */
-#define FL_PACKED 64
 #define FL_PACKED_QB(t) ((t) == FL_Q8_0 ? 512 : (t) == FL_Q5_0 ? 320 : 256)
 #define FL_PACKED_SB(t) ((t) == FL_Q4_1 ? 64 : 32)
 #define FL_PACKED_BB(t) ((t) == FL_Q4_K ? 64 : 0)
 int fl_packable(int type);
-size_t fl_packed_bytes(int type, int64_t nrows, int64_t ncols);
 size_t fl_pack_strip(int type, const uint8_t *rows, size_t rb, int nr, int64_t ncols, uint8_t *out);
-/* rows [r0, r1) (r0 a multiple of 16) x T tokens of a packed matrix; sa: fl_strip_sums_* of a */
-void fl_mm_packed_vnni(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,
-                       int64_t r0, int64_t r1, float *y, int64_t ldy);
-void fl_mm_packed_avx2(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,
-                       int64_t r0, int64_t r1, float *y, int64_t ldy);
-
-/* Per-ISA row kernels: y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1). */
-#define FL_DECLARE_ISA(sfx)                                                                       \
-    void fl_mm_q_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a,  \
-                       const void *pk, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy,  \
-                       int strip);                                                              \
-    void fl_mm_f_##sfx(int type, const uint8_t *w, size_t row_bytes, int64_t ncols,               \
-                       const float *x, int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy); \
-    void fl_scores_f16_##sfx(const float *q, const uint16_t *k, int64_t stride, int64_t n, int64_t hd,    \
-                             float *s);                                                           \
-    void fl_softmax_##sfx(float *s, int64_t n, float scale, float cap, float capscale);         \
-    void fl_swiglu_##sfx(float *gate, const float *up, int64_t n);                               \
-    uint64_t fl_read_sum_##sfx(const uint8_t *p, size_t n);                                     \
-    void fl_q8_0_row_##sfx(const float *x, int64_t n, fl_q8 *out, int with_sum);                 \
-    void fl_pv_f16_##sfx(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
-FL_DECLARE_ISA(portable)
-FL_DECLARE_ISA(avx2)
-FL_DECLARE_ISA(vnni)
+/* One ISA's kernels (isa_portable.c, isa_avx2.c, isa_avx512.c); fl_ops_get() gives the current one. */
+typedef struct {
+    const char *name;
+    /* y[t*ldy + r] = dot(row r of w, activation t) for r in [r0, r1): 8-bit activations (pk: the
+     * tiles' packed activations or, with `strip`, the strips' sums), and float ones */
+    void (*mm_q)(int type, const uint8_t *w, size_t row_bytes, int64_t nb32, const fl_q8 *a, const void *pk,
+                 int64_t T, int64_t r0, int64_t r1, float *y, int64_t ldy, int strip);
+    void (*mm_f)(int type, const uint8_t *w, size_t row_bytes, int64_t ncols, const float *x, int64_t T,
+                 int64_t r0, int64_t r1, float *y, int64_t ldy);
+    /* attention on the fp16 cache: s[i] = fp16(q) . k[i * stride], their softmax, and
+     * acc = sum_i p[i] * v[i * stride] */
+    void (*scores_f16)(const float *q, const uint16_t *k, int64_t stride, int64_t n, int64_t hd, float *s);
+    void (*pv_f16)(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
+    void (*softmax)(float *s, int64_t n, float scale, float cap, float capscale);
+    /* gate <- silu(gate) * up */
+    void (*swiglu)(float *gate, const float *up, int64_t n);
+    /* activations as Q8_0 records (with_sum: Q8_1) */
+    void (*q8_0_row)(const float *x, int64_t n, fl_q8 *out, int with_sum);
+    /* the sum of a run of 64-bit words (fl_read_sum's per-thread share) */
+    uint64_t (*read_sum)(const uint8_t *p, size_t n);
+    /* AVX2 / AVX-512 (NULL in portable): this thread's per-32 sums of a matmul's activation quants
+     * (the strips' offsets), and rows [r0, r1) (r0 a multiple of 16) x T tokens of a packed matrix */
+    const void *(*strip_sums)(const fl_q8 *a, int64_t nb32, int64_t T);
+    void (*mm_packed)(int type, const uint8_t *w, int64_t nb32, const fl_q8 *a, const int32_t *sa, int64_t T,
+                      int64_t r0, int64_t r1, float *y, int64_t ldy);
+    /* AVX-512 (else NULL): this thread's copy of a matmul's activations in the tiles' layout,
+     * FL_ZPACK_BYTES per token and 64 elements; NULL when it cannot be made (the tiles then use tile_q) */
+    const void *(*pack_act)(const fl_q8 *a, int64_t nb32, int64_t T);
+} fl_ops;
+extern const fl_ops FL_OPS_PORTABLE, FL_OPS_AVX2, FL_OPS_AVX512;
+const fl_ops *fl_ops_get(void);
 
 /* round to nearest, ties to even, for |v| < 2^22: ggml's nearest_int and _mm256_round_ps agree */
 static inline int fl_near_int(float v) {
@@ -155,10 +141,6 @@ static inline uint16_t fl_f2bf(float f) {
     return (uint16_t)((x + (0x7fff + ((x >> 16) & 1))) >> 16);
 }
 
-/* activation kinds: what llama.cpp converts a matmul's input to for each weight type */
-enum { FL_ACT_F32 = 0, FL_ACT_F16 = 1, FL_ACT_BF16 = 2, FL_ACT_Q8_0 = 3, FL_ACT_Q8_1 = 4, FL_ACT_Q8_K = 5 };
-int fl_act_kind(int type);
-size_t fl_act_row_bytes(int kind, int64_t n);
 void fl_act_row(int kind, const float *x, int64_t n, void *out);
 
 /* the packed 6-bit scales of Q3_K (signed) and of Q4_K/Q5_K (scales and mins) */
@@ -190,26 +172,11 @@ static inline float fl_signed_max(const float *x, int n) {
 }
 
 /* shared by core.c and layer.c */
-int fl_get_isa(void);
-size_t fl_row_bytes(int type, int64_t n);
 void fl_act_rows(int kind, const float *x, int64_t T, int64_t n, void *out, int ith, int nth);
 void fl_mm_part(int type, const uint8_t *w, int64_t nrows, int64_t ncols, const float *bias, const void *act,
                 int64_t T, float *y, int64_t ldy, int ith, int nth);
 void fl_mm_prefetch(int type, const uint8_t *w, int64_t nrows, int64_t ncols, int64_t T, size_t bytes, int ith,
                     int nth);
 void fl_rms_row(const float *x, int64_t n, const float *w, float eps, float *y);
-/* attention on the fp16 cache: s[i] = fp16(q) . k[i * stride], their softmax, and acc = sum_i p[i] * v[i * stride] */
-typedef void (*fl_scores_f16_fn)(const float *q, const uint16_t *k, int64_t stride, int64_t n, int64_t hd,
-                                 float *s);
-typedef void (*fl_softmax_fn)(float *s, int64_t n, float scale, float cap, float capscale);
-fl_softmax_fn fl_softmax_kernel(void);
-/* gate <- silu(gate) * up */
-typedef void (*fl_swiglu_fn)(float *gate, const float *up, int64_t n);
-fl_swiglu_fn fl_swiglu_kernel(void);
-typedef void (*fl_q8_0_row_fn)(const float *x, int64_t n, fl_q8 *out, int with_sum);
-fl_q8_0_row_fn fl_q8_0_row_kernel(void);
-typedef void (*fl_pv_f16_fn)(const float *p, const uint16_t *v, int64_t stride, int64_t n, int64_t hd, float *acc);
-fl_scores_f16_fn fl_scores_f16_kernel(void);
-fl_pv_f16_fn fl_pv_f16_kernel(void);
 
 #endif

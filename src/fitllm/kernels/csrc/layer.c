@@ -1,7 +1,7 @@
 /* One transformer block per call: the decode and prompt hot path.
  *
  * One OpenMP team runs every step of the block, with a barrier between steps, so Python pays one
- * call per layer instead of one per operation. The rounding points are llama.cpp's (CPU backend,
+ * call per layer, not one per operation. The rounding points are llama.cpp's (CPU backend,
  * flash attention off): activations quantized per weight type (act.c), the KV cache in fp16, q
  * rounded to fp16 for q.k, softmax in f32, probabilities rounded to fp16 for p.v, RoPE angles by
  * repeated float multiplication, GELU from a table of fp16 values. */
@@ -11,41 +11,7 @@
 #include <string.h>
 #include "fitllm.h"
 
-enum { FL_STAGE_ALL = 0, FL_STAGE_ATTN = 1, FL_STAGE_FFN = 2, FL_STAGE_DONE = 3 };
-
-typedef struct {
-    const void *data;
-    int64_t nbytes, type, nrows, ncols;
-    const float *bias; /* NULL or bias_n (== nrows) floats */
-    int64_t bias_n;
-} fl_mat;
-
-/* a norm's weights and their count: checked against the width they scale before any use */
-typedef struct {
-    const float *data; /* optional: NULL */
-    int64_t n;
-} fl_vec;
-
-/* Mirrored by kernels.LayerSpec (ctypes): every scalar is int64 or double. */
-typedef struct {
-    int64_t n_embd, n_head, n_head_kv, head_dim, n_ff, n_rot, window, rope_neox, act_gelu;
-    double eps, rope_base, q_scale, kq_scale, attn_softcap;
-    fl_vec attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm; /* optional: data NULL */
-    fl_mat q, k, v, o, gate, up, down; /* MoE: gate/up/down hold every expert, stacked by rows */
-    int64_t n_expert, n_expert_used, expert_norm_w; /* n_expert 0: a dense FFN */
-    fl_mat gate_inp;                                /* the router, (n_expert, n_embd) */
-    /* a tensor-parallel shard holds heads [head0, head0 + n_head) of a model whose query heads share
-     * a key/value head n_group at a time (0: n_head / n_head_kv, the whole model) */
-    int64_t head0, n_group;
-    /* expert streaming: when fetch is set, the MoE calls it once its tokens are routed (e = -1: cnt
-     * holds the tokens per expert, h the MoE's input (T, n_embd)), then before each chosen expert e
-     * runs, for its weights: ptrs[3e + 0..2] = its gate, up, down rows, laid out as in the stacked
-     * tensors (which then only give the shapes). A non-zero return fails the layer. */
-    int (*fetch)(void *ctx, int64_t layer, int64_t e, const int32_t *cnt, const float *h, int64_t T,
-                 const void **ptrs);
-    void *fetch_ctx;
-    int64_t layer_id;
-} fl_layer;
+/* fl_mat, fl_vec, fl_layer and FL_STAGE_*: fitllm_api.h */
 
 static uint16_t GELU_F16[65536];
 
@@ -216,9 +182,10 @@ static void attn_step(const fl_layer *L, work_t *w, int64_t T, int64_t pos0, con
     const int64_t grp = L->n_group ? L->n_group : H / Hkv;
     float *s = w->scr + ith * w->scr_floats, *acc = s + 2 * (pos0 + T) + 8;
     const float scale = (float)L->kq_scale, cap = (float)L->attn_softcap, capscale = cap > 0.f ? scale / cap : 0.f;
-    const fl_scores_f16_fn scores = fl_scores_f16_kernel();
-    const fl_softmax_fn softmax = fl_softmax_kernel();
-    const fl_pv_f16_fn pv = fl_pv_f16_kernel();
+    const fl_ops *const ops = fl_ops_get();
+    void (*const scores)(const float *, const uint16_t *, int64_t, int64_t, int64_t, float *) = ops->scores_f16;
+    void (*const softmax)(float *, int64_t, float, float, float) = ops->softmax;
+    void (*const pv)(const float *, const uint16_t *, int64_t, int64_t, int64_t, float *) = ops->pv_f16;
     const int64_t stride = Hkv * hd;
     for (int64_t k = ith; k < T * H; k += nth) {
         const int64_t t = k / H, h = k % H, g = (h0 + h) / grp - h0 / grp, pos = pos0 + t;
@@ -293,7 +260,7 @@ static void ffn(const fl_layer *L, const fl_mat *gate, const fl_mat *up, const f
     if (L->act_gelu)
         for (int64_t j = a; j < b; j++) w->gate[j] = gelu(w->gate[j]) * w->up[j];
     else if (b > a)
-        fl_swiglu_kernel()(w->gate + a, w->up + a, b - a);
+        fl_ops_get()->swiglu(w->gate + a, w->up + a, b - a);
 #pragma omp barrier
     const fl_mat *dn[1] = {down};
     prepare(dn, 1, w->gate, T, L->n_ff, w, acts, ith, nth);
@@ -435,9 +402,9 @@ int fl_layer_forward(const fl_layer *L, uint16_t *kc, uint16_t *vc, size_t kv_el
     return L->fetch && L->n_expert && w.ptrs[3 * L->n_expert] ? FL_EFETCH : FL_OK;
 }
 
-/* fl_layer_forward of blocks 0..n-1 in turn, in one call (one call per block from Python cost ~3 % of
- * a SmolLM2 decode token): L[i], kc[i], vc[i] block i and its caches; the last block's feed-forward
- * only for the last n_out rows. Stops at the first error. */
+/* fl_layer_forward of blocks 0..n-1 in turn, in one call (a call per block from Python costs a
+ * measurable share of a small model's decode token): L[i], kc[i], vc[i] block i and its caches;
+ * the last block's feed-forward only for the last n_out rows. Stops at the first error. */
 int fl_forward_layers(const fl_layer *const *L, int64_t n, uint16_t *const *kc, uint16_t *const *vc, size_t kv_elems,
                       int64_t n_ctx, float *x, int64_t x_cols, int64_t T, int64_t pos0, int64_t n_out, void *work,
                       size_t work_bytes, int nthreads) {

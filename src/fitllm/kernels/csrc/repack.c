@@ -114,12 +114,7 @@ int fl_repack(int type, const void *src, size_t src_bytes, int64_t nrows, int64_
     return FL_OK;
 }
 
-/* One matrix of a file to repack: its blocks at `offset`, its strips into dst. */
-typedef struct {
-    int64_t type, offset, nrows, ncols;
-    void *dst;
-    int64_t dst_bytes;
-} fl_repack_job;
+/* fl_repack_job: fitllm_api.h */
 
 /* Every job, the blocks read from fd in chunks of about 4 MiB (the file's pages are never mapped
  * into the process): one call, so that Python can run beside it (ctypes drops the GIL). */
