@@ -182,14 +182,30 @@ def _plan(a: argparse.Namespace) -> None:
         print(P.suggest(a.arch, hosts, a.ctx_size, bw, *net))
 
 
+def _split(a: argparse.Namespace) -> None:
+    from fitllm.gguf.split import parse_split_size, split_gguf
+
+    if a.max_tensors is not None and a.max_tensors < 1:
+        raise ValueError(f"--max-tensors {a.max_tensors}: give at least 1")
+    size = parse_split_size(a.max_size) if a.max_size else 0
+    for path in split_gguf(a.input, a.prefix, size, a.max_tensors or 0):
+        print(path)
+
+
+def _merge(a: argparse.Namespace) -> None:
+    from fitllm.gguf.split import merge_gguf
+
+    print(merge_gguf(a.first_shard, a.output))
+
+
 HANDLERS = {
     "run": _run, "serve": _serve, "chat": _chat, "quantize": _quantize, "perplexity": _perplexity,
-    "info": _info, "bench": _bench, "convert": _convert, "plan": _plan,
+    "info": _info, "bench": _bench, "convert": _convert, "plan": _plan, "split": _split, "merge": _merge,
 }  # fmt: skip
 
 
 # commands that write OUT.part: SIGTERM (kill, a job's end) must clean up as Ctrl-C does
-WRITERS = ("quantize", "convert", "perplexity")
+WRITERS = ("quantize", "convert", "perplexity", "split", "merge")
 
 
 class Terminated(KeyboardInterrupt):

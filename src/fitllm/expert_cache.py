@@ -107,8 +107,9 @@ class ExpertCache:
         self.tick = 0  # MoE layers run so far
         self.stats = Stats()
         self.error: BaseException | None = None
-        self.fd, self.direct = _open(model.file.path)
-        self.file_size = os.path.getsize(model.file.path)
+        #: path -> (descriptor, O_DIRECT?, size): each file (of a split model, each shard) holding experts
+        paths = dict.fromkeys(f.path for f in model.file.shards)
+        self.files = {p: (*_open(p), os.path.getsize(p)) for p in paths}
         self.ptr: dict[tuple[int, int], list[int]] = {}  # (layer, expert) -> its parts' addresses
         self.pool = ThreadPoolExecutor(readers, thread_name_prefix="fitllm-experts")
         self._lock = threading.Lock()
@@ -127,17 +128,18 @@ class ExpertCache:
             specs[i].layer_id = i
 
     # --- reading --------------------------------------------------------------------------------
-    def _read_chunk(self, view: memoryview, off: int) -> None:
+    def _read_chunk(self, view: memoryview, path: str, off: int) -> None:
+        fd, direct, size = self.files[path]
         got, n = 0, len(view)
         while got < n:
-            r = os.preadv(self.fd, [view[got:]], off + got)
-            if r <= 0 and off + got >= self.file_size:  # the page-rounded end is past the file's
+            r = os.preadv(fd, [view[got:]], off + got)
+            if r <= 0 and off + got >= size:  # the page-rounded end is past the file's
                 break
             if r <= 0:
-                raise OSError(f"{self.model.file.path}: short read at byte {off + got}")
+                raise OSError(f"{path}: short read at byte {off + got}")
             got += r
-        if not self.direct:
-            os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)  # not held twice
+        if not direct:
+            os.posix_fadvise(fd, off, n, os.POSIX_FADV_DONTNEED)  # not held twice
         with self._lock:
             self.stats.bytes_read += got
 
@@ -157,7 +159,9 @@ class ExpertCache:
             size = -(-(off + n - a0) // ALIGN) * ALIGN
             for c in range(0, size, CHUNK):
                 futures.append(
-                    self.pool.submit(self._read_chunk, view[at + c : at + min(size, c + CHUNK)], a0 + c)
+                    self.pool.submit(
+                        self._read_chunk, view[at + c : at + min(size, c + CHUNK)], ex.weight.path, a0 + c
+                    )
                 )
             ptrs.append(buf.ctypes.data + at + off - a0)
             at += region
@@ -291,4 +295,5 @@ class ExpertCache:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-        os.close(self.fd)
+        for fd, _, _ in self.files.values():
+            os.close(fd)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -16,7 +15,8 @@ from fitllm.models import ARCHITECTURES
 def describe(path: str) -> str:
     f = GGUFFile(path)
     lines = [
-        f"file:          {path} ({os.path.getsize(path) / 1e6:.1f} MB)",
+        f"file:          {path} ({f.nbytes / 1e6:.1f} MB"
+        + (f" in {len(f.shards)} gguf-split shards)" if len(f.shards) > 1 else ")"),
         f"name:          {f.get('general.name', '?')}",
         f"architecture:  {f.architecture}",
     ]

@@ -67,8 +67,8 @@ def row_view(f: GGUFFile, t: Tensor, a: int, b: int) -> Tensor:
     the neighbouring pages that are in the page cache (the kernel's fault-around, 64 KiB), which
     are other ranks' rows."""
     rb = kernels.row_bytes(t.ggml_type, t.shape[-1])
-    data = np.memmap(f.path, np.uint8, "r", offset=t.offset + a * rb, shape=((b - a) * rb,))
-    return Tensor(t.name, t.ggml_type, (b - a, t.shape[-1]), data, t.offset + a * rb)
+    data = np.memmap(t.path or f.path, np.uint8, "r", offset=t.offset + a * rb, shape=((b - a) * rb,))
+    return Tensor(t.name, t.ggml_type, (b - a, t.shape[-1]), data, t.offset + a * rb, t.path)
 
 
 class Shard:

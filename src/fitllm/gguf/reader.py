@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ STRING, ARRAY = 8, 9  # GGUF value types; the scalars are below
 #: GGUF scalar value type -> struct code (little-endian sizes)
 SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 UINT32 = 4
+#: llama.cpp's gguf-split shard names (llama_split_path): PREFIX-00001-of-00003.gguf
+SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
 class GGUFError(Exception):
@@ -41,6 +44,7 @@ class Tensor:
     shape: tuple[int, ...]  # numpy order: (rows, cols) for a matrix
     data: np.ndarray  # raw bytes (uint8), a view of the mmapped file
     offset: int = -1  # of data in the file
+    path: str = ""  # the file (of a split model: the shard) that holds it
 
     @property
     def type_name(self) -> str:
@@ -176,9 +180,9 @@ def _open(path: str) -> tuple[mmap.mmap, np.ndarray, str]:
 class GGUFFile:
     """A parsed GGUF file: `metadata` (key -> value) and `tensors` (name -> Tensor)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, shards: bool = True) -> None:
         self.path = os.fspath(path)
-        self._fd: int | None = None  # for read(), opened on first use
+        self._fds: dict[str, int] = {}  # for read(), each opened on first use
         if not os.path.isfile(self.path):
             raise GGUFError(f"{self.path}: no such file")
         self._mm, buf, order = _open(self.path)
@@ -186,6 +190,10 @@ class GGUFFile:
             self._parse(_Cursor(buf, order))
         except GGUFError as e:
             raise GGUFError(f"{self.path}: {e}") from None
+        #: every file of the model: the first, then the other shards of a gguf-split set
+        self.shards: list[GGUFFile] = [self]
+        if shards:
+            join_shards(self)
 
     def _parse(self, c: _Cursor) -> None:
         c.pos = 8
@@ -228,7 +236,7 @@ class GGUFFile:
                 raise GGUFError(f"tensor {name!r} has data offset {offset}, expected {expected}")
             expected += -(-nbytes // align) * align
             data = c.buf[start + offset : end]
-            self.tensors[name] = Tensor(name, ggml_type, shape, data, start + offset)
+            self.tensors[name] = Tensor(name, ggml_type, shape, data, start + offset, self.path)
         self.data_offset = min((t.offset for t in self.tensors.values()), default=len(c.buf))
 
     @staticmethod
@@ -282,37 +290,47 @@ class GGUFFile:
         if start < 0 or n < 0 or start + n > t.nbytes:
             raise ValueError(f"{t.name}: bytes [{start}, {start + n}) outside its {t.nbytes}")
         out = np.empty(n, np.uint8)
-        if self._fd is None:  # one descriptor for every read (norms at load, rows per token)
-            self._fd = os.open(self.path, os.O_RDONLY)
+        path = t.path or self.path
+        if path not in self._fds:  # one descriptor per file for every read (norms at load, rows per token)
+            self._fds[path] = os.open(path, os.O_RDONLY)
         view, got = memoryview(out), 0
         while got < n:  # one call reads at most ~2 GiB
-            r = os.preadv(self._fd, [view[got:]], t.offset + start + got)
+            r = os.preadv(self._fds[path], [view[got:]], t.offset + start + got)
             if r <= 0:
-                raise GGUFError(f"{self.path}: short read in tensor {t.name}")
+                raise GGUFError(f"{path}: short read in tensor {t.name}")
             got += r
         return out
 
     def advise(self, advice: int, tensors: list[Tensor] | None = None) -> None:
-        """madvise (mmap.MADV_*) the whole mapping, or the pages of the given tensors."""
-        mm = self._mm
-        if tensors is None:
-            mm.madvise(advice)
-        page = mmap.PAGESIZE
-        for t in tensors or []:
-            start = t.offset - t.offset % page
-            mm.madvise(advice, start, t.offset + t.nbytes - start)
+        """madvise (mmap.MADV_*) the whole mapping of every shard, or the pages of the given tensors."""
+        for f in self.shards:
+            if tensors is None:
+                f._mm.madvise(advice)
+            page = mmap.PAGESIZE
+            for t in tensors or []:
+                if (t.path or self.path) == f.path:
+                    start = t.offset - t.offset % page
+                    f._mm.madvise(advice, start, t.offset + t.nbytes - start)
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
     def header_hash(self) -> str:
-        """sha256 of the header (metadata and tensor table) and the file size: which model it is."""
+        """sha256 of the headers (metadata and tensor tables) and the sizes of every shard: which
+        model it is."""
         import hashlib
 
-        h = hashlib.sha256(memoryview(self._mm)[: self.data_offset])  # the mapped header, not a second read
-        h.update(str(len(self._mm)).encode())
+        h = hashlib.sha256()
+        for f in self.shards:
+            h.update(memoryview(f._mm)[: f.data_offset])  # the mapped header, not a second read
+            h.update(str(len(f._mm)).encode())
         return h.hexdigest()
+
+    @property
+    def nbytes(self) -> int:
+        """The model's size on disk: every shard."""
+        return sum(len(f._mm) for f in self.shards)
 
     def check_supported(self) -> None:
         for t in self.tensors.values():
@@ -322,3 +340,68 @@ class GGUFFile:
                     f"{self.path}: tensor {t.name!r} has type {t.type_name}, which fitllm does"
                     f" not support (supported: {names})"
                 )
+
+
+def shard_paths(path: str, count: int) -> list[str]:
+    """The names of a gguf-split set's shards, from its first shard's."""
+    m = SHARD_NAME.match(os.path.basename(path))
+    if not m or int(m["no"]) != 1 or int(m["count"]) != count:
+        raise GGUFError(
+            f"{path}: split.count is {count}, but the file is not named PREFIX-00001-of-{count:05d}.gguf"
+            " (as llama.cpp's gguf-split names the first shard): the other shards cannot be found"
+        )
+    prefix = os.path.join(os.path.dirname(path), m["prefix"])
+    return [f"{prefix}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def _split_key(f: GGUFFile, key: str) -> int:
+    v = f.metadata.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise GGUFError(f"{f.path}: metadata {key} is {v!r}, not a count")
+    return v
+
+
+def join_shards(first: GGUFFile) -> None:
+    """The tensors of every shard of a gguf-split set into `first`, each a view of its own shard's
+    mapping; a missing, extra, reordered or foreign shard is a GGUFError naming it."""
+    count, no = _split_key(first, "split.count"), _split_key(first, "split.no")
+    if count <= 1:
+        return
+    if no != 0:
+        m = SHARD_NAME.match(os.path.basename(first.path))
+        name = f"{m['prefix']}-00001-of-{count:05d}.gguf" if m else "the first shard"
+        raise GGUFError(f"{first.path}: this is shard {no + 1} of {count}: open {name} instead")
+    paths = shard_paths(first.path, count)
+    total = _split_key(first, "split.tensors.count")
+    for i, path in enumerate(paths[1:], 1):
+        if not os.path.isfile(path):
+            raise GGUFError(f"{path}: shard {i + 1} of {count} is missing")
+        f = GGUFFile(path, shards=False)
+        got = (_split_key(f, "split.no"), _split_key(f, "split.count"), _split_key(f, "split.tensors.count"))
+        if got != (i, count, total):
+            raise GGUFError(
+                f"{path}: says it is shard {got[0] + 1} of {got[1]} with {got[2]} tensors in all; expected"
+                f" shard {i + 1} of {count} with {total}: shards reordered, renamed or of another model"
+            )
+        for name, t in f.tensors.items():
+            if name in first.tensors:
+                raise GGUFError(f"{path}: tensor {name!r} is also in an earlier shard")
+            first.tensors[name] = t
+        first.shards.append(f)
+    _check_extra(first.path, count, paths)
+    if total != len(first.tensors):
+        raise GGUFError(
+            f"{first.path}: the {count} shards hold {len(first.tensors)} tensors,"
+            f" split.tensors.count says {total}"
+        )
+
+
+def _check_extra(path: str, count: int, paths: list[str]) -> None:
+    """A shard of the same set beyond the count (left from an earlier split) would be silently unused."""
+    prefix = SHARD_NAME.match(os.path.basename(path))["prefix"]
+    folder = os.path.dirname(path) or "."
+    for name in sorted(os.listdir(folder)):
+        m = SHARD_NAME.match(name)
+        full = os.path.join(os.path.dirname(path), name)
+        if m and m["prefix"] == prefix and int(m["count"]) == count and full not in paths:
+            raise GGUFError(f"{full}: an extra shard beside a set of {count}")

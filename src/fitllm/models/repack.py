@@ -111,7 +111,7 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
     jobs = []
     for (owner, name, lin, size), at in zip(todo, ends):
         w, packed = lin.weight, room[at : at + size]
-        jobs.append((w.ggml_type, w.offset, *w.shape, packed))
+        jobs.append((w.path, (w.ggml_type, w.offset, *w.shape, packed)))
         # a new Linear: a tied output shares its tensor with the embedding lookup
         setattr(owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias))
     # the embedding by reads: mapping its rows would add more of the file than they are
@@ -122,11 +122,12 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
 
     def copy() -> None:
         try:
-            fd = os.open(model.file.path, os.O_RDONLY)
-            try:
-                kernels.repack_file(fd, jobs, threads)
-            finally:
-                os.close(fd)
+            for shard in dict.fromkeys(p for p, _ in jobs):  # each shard of a split model in turn
+                fd = os.open(shard, os.O_RDONLY)
+                try:
+                    kernels.repack_file(fd, [job for p, job in jobs if p == shard], threads)
+                finally:
+                    os.close(fd)
         except BaseException as e:  # raised by the waiter
             failed.append(e)
         done.set()

@@ -1,0 +1,145 @@
+"""gguf-split shard sets: loaded as the single file (same bits), written and merged as
+llama.cpp's llama-gguf-split writes them, and every broken set refused in one line naming the shard."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fitllm import Llama
+from fitllm.gguf import GGUFError, GGUFFile
+from fitllm.gguf.split import merge_gguf, parse_split_size, split_gguf
+
+PROMPT = b"The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def shards(smollm2_path, tmp_path_factory) -> list[str]:
+    return split_gguf(smollm2_path, str(tmp_path_factory.mktemp("split") / "smol"), max_tensors=100)
+
+
+def _logits(path: str) -> np.ndarray:
+    llm = Llama(path, n_threads=2, logits_all=True, verbose=False)
+    toks = llm.tokenize(PROMPT)
+    llm.eval(toks[:-1])
+    llm.eval(toks[-1:])  # a batch, then one token (the decode path)
+    out = llm.scores[: len(toks)].copy()
+    llm.close()
+    return out
+
+
+@pytest.mark.parametrize("repack", ["1", "0"])
+def test_shards_give_the_single_files_bits(shards, smollm2_path, monkeypatch, repack):
+    monkeypatch.setenv("FITLLM_REPACK", repack)
+    assert [os.path.basename(p) for p in shards] == [f"smol-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    f, one = GGUFFile(shards[0]), GGUFFile(smollm2_path)
+    assert len(f.shards) == 3 and f.tensors.keys() == one.tensors.keys()
+    assert {t.path for t in f.tensors.values()} == set(shards)  # each tensor a view of its own shard
+    assert np.array_equal(_logits(shards[0]), _logits(smollm2_path))
+
+
+def test_split_files_hold_what_llama_gguf_split_writes(shards, smollm2_path):
+    """llama-gguf-split's layout: all metadata in the first shard, the three split keys in every one,
+    tensors in their order, each shard's tensors counted from its own data start."""
+    one = GGUFFile(smollm2_path)
+    order = []
+    for i, p in enumerate(shards):
+        f = GGUFFile(p, shards=False)
+        assert (f.get("split.no"), f.get("split.count"), f.get("split.tensors.count")) == (
+            i,
+            3,
+            len(one.tensors),
+        )
+        assert f.value_types["split.no"][0] == f.value_types["split.count"][0] == 2  # uint16
+        keys = set(f.metadata) - {"split.no", "split.count", "split.tensors.count"}
+        assert keys == (set(one.metadata) if i == 0 else set())
+        assert len(f.tensors) <= 100
+        order += list(f.tensors)
+    assert order == list(one.tensors)
+
+
+def test_split_by_size_then_merge_is_the_file_again(smollm2_path, tmp_path):
+    run = [sys.executable, "-m", "fitllm"]
+    out = subprocess.run([*run, "split", smollm2_path, str(tmp_path / "m"), "--max-size", "40M"],
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert len(out) == 3 and all(os.path.getsize(p) <= 40e6 + 2e6 for p in out)  # + a header
+    merged = tmp_path / "merged.gguf"
+    subprocess.run([*run, "merge", out[0], str(merged)], check=True, capture_output=True)
+    a, b = GGUFFile(str(merged)), GGUFFile(smollm2_path)
+    assert a.get("split.count") == 0 and len(a.shards) == 1  # as llama-gguf-split --merge marks it
+    assert {k: v for k, v in a.metadata.items() if not k.startswith("split.")}.keys() == b.metadata.keys()
+    for name, t in b.tensors.items():
+        assert np.array_equal(a.tensors[name].data, t.data) and a.tensors[name].shape == t.shape
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary left
+    r = subprocess.run([*run, "merge", out[0], str(merged)], capture_output=True, text=True)
+    assert r.returncode == 1 and "exists" in r.stderr
+
+
+def _copy_set(shards: list[str], folder) -> list[str]:
+    folder.mkdir(exist_ok=True)
+    return [str(shutil.copy(p, folder / os.path.basename(p))) for p in shards]
+
+
+def test_a_broken_set_is_one_line_naming_the_shard(shards, tmp_path):
+    s = _copy_set(shards, tmp_path / "missing")
+    os.remove(s[1])
+    with pytest.raises(GGUFError, match=r"smol-00002-of-00003.gguf: shard 2 of 3 is missing"):
+        GGUFFile(s[0])
+    s = _copy_set(shards, tmp_path / "reordered")
+    os.replace(s[2], s[1])  # shard 3 named as shard 2
+    with pytest.raises(GGUFError, match=r"smol-00002-of-00003.gguf: says it is shard 3 of 3"):
+        GGUFFile(s[0])
+    s = _copy_set(shards, tmp_path / "extra")
+    shutil.copy(s[2], tmp_path / "extra" / "smol-00004-of-00003.gguf")
+    with pytest.raises(GGUFError, match=r"smol-00004-of-00003.gguf: an extra shard"):
+        GGUFFile(s[0])
+    with pytest.raises(GGUFError, match=r"this is shard 2 of 3: open smol-00001-of-00003.gguf instead"):
+        GGUFFile(s[1])
+    shutil.copy(s[0], tmp_path / "renamed.gguf")
+    with pytest.raises(GGUFError, match=r"not named PREFIX-00001-of-00003.gguf"):
+        GGUFFile(str(tmp_path / "renamed.gguf"))
+    r = subprocess.run([sys.executable, "-m", "fitllm", "info", s[1]], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "open smol-00001-of-00003.gguf" in r.stderr
+
+
+def test_foreign_shard_is_refused(shards, smollm2_path, tmp_path):
+    """A shard of another split of another model, renamed into the set: its tensor total differs."""
+    other = split_gguf(smollm2_path, str(tmp_path / "o" / "smol"), max_tensors=150)  # 2 shards
+    s = _copy_set(shards, tmp_path / "set")
+    shutil.copy(other[1], s[2])
+    with pytest.raises(GGUFError, match=r"smol-00003-of-00003.gguf: says it is shard 2 of 2"):
+        GGUFFile(s[0])
+
+
+def test_split_arguments():
+    assert parse_split_size("4G") == 4 * 10**9 and parse_split_size("500M") == 500 * 10**6
+    for bad in ("4GB", "0M", "1.5G", "12"):
+        with pytest.raises(ValueError, match="--max-size"):
+            parse_split_size(bad)
+    with pytest.raises(ValueError, match="one of"):
+        split_gguf("x.gguf", "y", 0, 0)
+
+
+def test_merge_needs_a_set(smollm2_path, tmp_path):
+    with pytest.raises(GGUFError, match="not the first shard"):
+        merge_gguf(smollm2_path, str(tmp_path / "m.gguf"))
+
+
+def test_llama_cpp_runs_fitllms_shards(shards, smollm2_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    outs = []
+    for path in (shards[0], smollm2_path):
+        llm = llama_cpp.Llama(path, n_threads=2, verbose=False)
+        outs.append(
+            llm.create_completion(PROMPT.decode(), max_tokens=12, temperature=0)["choices"][0]["text"]
+        )
+        llm.close()
+    ours = Llama(shards[0], n_threads=2, verbose=False)
+    assert (
+        outs[0]
+        == outs[1]
+        == ours.create_completion(PROMPT.decode(), max_tokens=12, temperature=0)["choices"][0]["text"]
+    )
