@@ -210,3 +210,45 @@ def test_rms_norm_refuses_a_short_weight():
     x, w = np.ones((2, 8), np.float32), np.ones(4, np.float32)
     rc = kernels._lib.fl_rms_norm(x.ctypes.data, 2, 8, w.ctypes.data, 4, 1e-5, x.ctypes.data)
     assert rc == -2
+
+
+@pytest.mark.parametrize(
+    "key, value, vtype, what",
+    [
+        ("llama.rope.scaling.type", "linear", VT.STRING, "RoPE scaling"),
+        ("llama.rope.scaling.type", "yarn", VT.STRING, "RoPE scaling"),
+        ("llama.rope.scaling.factor", 8.0, VT.FLOAT32, "RoPE scaling"),
+        ("llama.attn_logit_softcapping", 50.0, VT.FLOAT32, "attention logit softcapping"),
+        ("llama.final_logit_softcapping", 30.0, VT.FLOAT32, "final logit softcapping"),
+        ("llama.attention.layernorm_eps", 1e-5, VT.FLOAT32, "LayerNorm"),
+        ("llama.expert_shared_count", 2, VT.UINT32, "shared experts"),
+    ],
+)
+def test_keys_that_change_the_math_are_refused(tiny, tmp_path, key, value, vtype, what):
+    bad = rewrite(tiny, tmp_path / "k.gguf", kv={key: (value, vtype)})
+    with pytest.raises(GGUFError, match=rf"k.gguf: metadata {key} = .* asks for {what}.*llama.cpp's$"):
+        load(bad)
+
+
+@pytest.mark.parametrize(
+    "key, value, vtype",
+    [("llama.rope.scaling.type", "none", VT.STRING), ("llama.rope.scaling.factor", 1.0, VT.FLOAT32)],
+)
+def test_neutral_math_keys_load(tiny, tmp_path, key, value, vtype):
+    load(rewrite(tiny, tmp_path / "k.gguf", kv={key: (value, vtype)}))
+
+
+def test_gemma3_final_softcap_is_implemented(tmp_path):
+    g = write_tiny(tmp_path / "g.gguf", "gemma3")
+    load(rewrite(g, tmp_path / "g2.gguf", kv={"gemma3.final_logit_softcapping": (30.0, VT.FLOAT32)}))
+
+
+def test_unused_tensors_are_refused(tiny, tmp_path):
+    """Llama 3.1/3.2 files carry rope_freqs.weight: without it the positions differ from llama.cpp's."""
+    freqs = np.ones(8, np.float32)
+    with pytest.raises(GGUFError, match=r"tensor 'rope_freqs.weight' \(llama3 RoPE frequency factors\)"):
+        load(rewrite(tiny, tmp_path / "r.gguf", tensors={"rope_freqs.weight": freqs}))
+    with pytest.raises(
+        GGUFError, match=r"tensor 'blk.1.attn_sinks.weight' \(a tensor fitllm's blocks do not"
+    ):
+        load(rewrite(tiny, tmp_path / "s.gguf", tensors={"blk.1.attn_sinks.weight": freqs}))

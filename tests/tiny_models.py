@@ -142,7 +142,8 @@ def upcycle(src, dst, n_expert=4, n_used=2, noise=0.0, seed=0) -> str:
 def rewrite(src, dst, kv=None, tensors=None) -> str:
     """A copy of a GGUF file with metadata and tensors replaced: kv maps a key to (value, GGUFValueType)
     or None (dropped); tensors maps a name to an array (float32, or raw blocks with its type as
-    (array, type)) or None (dropped). Laid out by gguf-py, so only what was asked for changes."""
+    (array, type)) or None (dropped); a new name is added. Laid out by gguf-py, so only what was
+    asked for changes."""
     kv, tensors = kv or {}, tensors or {}
     r = GGUFReader(str(src))
     w = GGUFWriter(str(dst), r.fields["general.architecture"].contents())
@@ -164,6 +165,8 @@ def rewrite(src, dst, kv=None, tensors=None) -> str:
             w.add_tensor(t.name, new[0], raw_dtype=new[1])
         elif new is not None:
             w.add_tensor(t.name, new)
+    for name in tensors.keys() - {t.name for t in r.tensors}:  # added
+        w.add_tensor(name, tensors[name])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

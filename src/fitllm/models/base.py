@@ -25,6 +25,7 @@ from fitllm.models.validate import (
     block_index,
     check_blocks,
     check_hparams,
+    check_math_keys,
     check_tensors,
     float_key,
     int_key,
@@ -76,6 +77,7 @@ class HParams:
 class DecoderModel:
     hparams_class = HParams
     moe_norm_w = True  # MoE gates renormalised over the chosen experts (Mixtral)
+    math_keys: tuple[str, ...] = ()  # the validate.MATH_KEYS this architecture implements
 
     def __init__(self, f: GGUFFile) -> None:
         f.check_supported()
@@ -84,11 +86,12 @@ class DecoderModel:
         # everything sized by the hyper-parameters comes after they are checked against the tensors
         check_hparams(f, self.hp)
         check_blocks(f, self.hp.n_layer)
+        check_math_keys(f, f.architecture, self.math_keys)
         used = check_tensors(f, self.hp, f.architecture)
         self.blk = [SimpleNamespace() for _ in range(self.hp.n_layer)]
         self._layer_specs: list[kernels.LayerSpec] | None = None
         for name, t in f.tensors.items():
-            if name in used:  # tensors no architecture reads (rope_freqs, ...) stay unread
+            if name in used:
                 self._place(name, t)
         if not hasattr(self, "output"):  # tied embeddings
             self.output = self.token_embd

@@ -45,6 +45,7 @@ class Gemma3HParams(HParams):
 
 class Gemma3Model(DecoderModel):
     hparams_class = Gemma3HParams
+    math_keys = ("final_logit_softcapping",)
 
     def is_swa(self, i: int) -> bool:
         hp = self.hp

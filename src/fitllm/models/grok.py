@@ -47,6 +47,7 @@ class GrokHParams(HParams):
 
 class GrokModel(DecoderModel):
     hparams_class = GrokHParams
+    math_keys = ("attn_logit_softcapping", "embedding_scale", "logit_scale")
     moe_norm_w = False  # the reference gates with the raw 8-way probabilities (llama.cpp renormalises)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:

@@ -132,9 +132,44 @@ def known_name(name: str) -> str:
     return ".".join(["blk", "N", *parts[2:]]) if parts[0] == "blk" else name
 
 
+#: metadata keys (after "<arch>.") that change a model's math, what they do, and the values that
+#: leave it unchanged; an architecture lists in `math_keys` those it implements
+MATH_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "rope.scaling.type": ("RoPE scaling", ("none",)),
+    "rope.scaling.factor": ("RoPE scaling", (0, 1)),
+    "rope.scale_linear": ("linear RoPE scaling", (0, 1)),
+    "rope.scaling.attn_factor": ("RoPE attention scaling", (0, 1)),
+    "attn_logit_softcapping": ("attention logit softcapping", (0,)),
+    "final_logit_softcapping": ("final logit softcapping", (0,)),
+    "attention.clamp_kqv": ("clamped q, k, v", (0,)),
+    "attention.layernorm_eps": ("LayerNorm (fitllm's blocks use RMSNorm)", ()),
+    "attention.scale": ("a set attention scale", (0,)),
+    "expert_shared_count": ("shared experts", (0,)),
+    "expert_weights_scale": ("scaled expert weights", (0, 1)),
+    "embedding_scale": ("scaled embeddings", (1,)),
+    "residual_scale": ("scaled residuals", (1,)),
+    "logit_scale": ("scaled logits", (1,)),
+}
+#: tensors whose absence from an architecture's list deserves more than "not used"
+TENSOR_MEANING = {"rope_freqs.weight": "llama3 RoPE frequency factors"}
+
+
+def check_math_keys(f: GGUFFile, arch: str, implemented: tuple[str, ...]) -> None:
+    """A key that would change the math in llama.cpp and that this architecture does not implement
+    is refused: running without it would give other results than llama.cpp's."""
+    for key, (what, neutral) in MATH_KEYS.items():
+        v = f.metadata.get(f"{arch}.{key}")
+        if v is None or key in implemented or (not isinstance(v, bool) and v in neutral):
+            continue
+        raise GGUFError(
+            f"{f.path}: metadata {arch}.{key} = {_short(v)} asks for {what}, which fitllm does not"
+            f" implement for {arch}: its results would differ from llama.cpp's"
+        )
+
+
 def check_tensors(f: GGUFFile, hp: Any, arch: str) -> set[str]:
-    """Every known tensor's shape against the hyper-parameters; returns the names the model uses
-    (others, e.g. rope_freqs, are left unread)."""
+    """Every tensor's shape against the hyper-parameters; a tensor the architecture does not read is
+    refused (rope_freqs and the like change the math). Returns the names the model uses."""
     exps = [t for n, t in f.tensors.items() if n.endswith(".ffn_gate_exps.weight")]
     n_ff_exp = exps[0].shape[1] if exps and len(exps[0].shape) == 3 else hp.n_ff
     shapes = expected_shapes(hp, arch, n_ff_exp)
@@ -142,7 +177,11 @@ def check_tensors(f: GGUFFile, hp: Any, arch: str) -> set[str]:
     for name, t in f.tensors.items():
         want = shapes.get(known_name(name))
         if want is None:
-            continue
+            what = TENSOR_MEANING.get(known_name(name), "a tensor fitllm's blocks do not read")
+            raise GGUFError(
+                f"{f.path}: tensor {name!r} ({what}) is not used by fitllm's {arch}: running without it"
+                " would give other results than llama.cpp's"
+            )
         if tuple(t.shape) != want:
             raise GGUFError(
                 f"{f.path}: tensor {name!r} has shape {_ggml(t.shape)}, expected {_ggml(want)}"
