@@ -143,3 +143,45 @@ def test_llama_cpp_runs_fitllms_shards(shards, smollm2_path):
         == outs[1]
         == ours.create_completion(PROMPT.decode(), max_tokens=12, temperature=0)["choices"][0]["text"]
     )
+
+
+def _cut(path: str, folder, names: list[str]) -> list[str]:
+    """path cut into len(names) byte parts, as split(1) cuts an upload."""
+    data = open(path, "rb").read()
+    folder.mkdir(exist_ok=True)
+    k = -(-len(data) // len(names))
+    out = [str(folder / n) for n in names]
+    for i, p in enumerate(out):
+        open(p, "wb").write(data[i * k : (i + 1) * k])
+    return out
+
+
+@pytest.mark.parametrize("style", ["part01", "part1of3"])
+def test_byte_parts_give_the_single_files_bits(smollm2_path, tmp_path, monkeypatch, style):
+    names = [f"smol.gguf.part{i:02d}" if style == "part01" else f"smol.gguf.part{i}of3" for i in (1, 2, 3)]
+    parts = _cut(smollm2_path, tmp_path, names)
+    f = GGUFFile(parts[0])
+    copied = [t.name for t in f.tensors.values() if not t.path]
+    assert 1 <= len(copied) <= 2  # only what straddles a cut is in memory; the rest are views
+    assert all(not t.data.flags.owndata for t in f.tensors.values() if t.path)
+    for repack in ("1", "0"):
+        monkeypatch.setenv("FITLLM_REPACK", repack)
+        assert np.array_equal(_logits(parts[0]), _logits(smollm2_path))
+
+
+def test_broken_byte_parts_are_one_line(smollm2_path, tmp_path):
+    parts = _cut(smollm2_path, tmp_path / "a", [f"m.gguf.part{i}of3" for i in (1, 2, 3)])
+    with pytest.raises(
+        GGUFError, match=r"m.gguf.part2of3: this is byte part 2: open the first, m.gguf.part1of3"
+    ):
+        GGUFFile(parts[1])
+    shutil.copy(parts[2], tmp_path / "a" / "m.gguf.part4of3")
+    with pytest.raises(GGUFError, match=r"m.gguf.part4of3: an extra byte part beside a set of 3"):
+        GGUFFile(parts[0])
+    os.remove(parts[2])
+    with pytest.raises(GGUFError, match=r"m.gguf.part3of3: byte part 3 of 3 is missing"):
+        GGUFFile(parts[0])
+    parts = _cut(smollm2_path, tmp_path / "b", [f"m.gguf.part{i:02d}" for i in (1, 2, 3)])
+    os.remove(parts[2])  # without a count, the parts present are the file: it ends too soon
+    with pytest.raises(GGUFError, match=r"runs past the end of the file"):
+        GGUFFile(parts[0])

@@ -107,8 +107,8 @@ class ExpertCache:
         self.tick = 0  # MoE layers run so far
         self.stats = Stats()
         self.error: BaseException | None = None
-        #: path -> (descriptor, O_DIRECT?, size): each file (of a split model, each shard) holding experts
-        paths = dict.fromkeys(f.path for f in model.file.shards)
+        #: path -> (descriptor, O_DIRECT?, size) of each file holding tensors
+        paths = dict.fromkeys(t.path for t in model.file.tensors.values() if t.path)  # shards, parts
         self.files = {p: (*_open(p), os.path.getsize(p)) for p in paths}
         self.ptr: dict[tuple[int, int], list[int]] = {}  # (layer, expert) -> its parts' addresses
         self.pool = ThreadPoolExecutor(readers, thread_name_prefix="fitllm-experts")
@@ -154,6 +154,11 @@ class ExpertCache:
         for ex, n, region in zip(
             (blk.ffn_gate_exps, blk.ffn_up_exps, blk.ffn_down_exps), self.parts, self.regions
         ):
+            if not ex.weight.path:  # straddled two byte parts: in memory already
+                buf[at : at + n] = ex.weight.data[e * n : (e + 1) * n]
+                ptrs.append(buf.ctypes.data + at)
+                at += region
+                continue
             off = ex.weight.offset + e * n
             a0 = off - off % ALIGN
             size = -(-(off + n - a0) // ALIGN) * ALIGN

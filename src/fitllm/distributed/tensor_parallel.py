@@ -67,7 +67,9 @@ def row_view(f: GGUFFile, t: Tensor, a: int, b: int) -> Tensor:
     the neighbouring pages that are in the page cache (the kernel's fault-around, 64 KiB), which
     are other ranks' rows."""
     rb = kernels.row_bytes(t.ggml_type, t.shape[-1])
-    data = np.memmap(t.path or f.path, np.uint8, "r", offset=t.offset + a * rb, shape=((b - a) * rb,))
+    if not t.path:  # straddled two byte parts: in memory already
+        return Tensor(t.name, t.ggml_type, (b - a, t.shape[-1]), t.data[a * rb : b * rb], -1, "")
+    data = np.memmap(t.path, np.uint8, "r", offset=t.offset + a * rb, shape=((b - a) * rb,))
     return Tensor(t.name, t.ggml_type, (b - a, t.shape[-1]), data, t.offset + a * rb, t.path)
 
 

@@ -28,6 +28,8 @@ SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "
 UINT32 = 4
 #: llama.cpp's gguf-split shard names (llama_split_path): PREFIX-00001-of-00003.gguf
 SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+#: uploads cut into byte parts, meant to be joined with cat: X.gguf.part1of3, X.gguf.part01
+PART_NAME = re.compile(r"^(?P<base>.+\.gguf)\.part(?P<no>\d+)(?:of(?P<count>\d+))?$")
 
 
 class GGUFError(Exception):
@@ -159,13 +161,45 @@ def _decode_strings(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray, chunk
     return out
 
 
+def _map(path: str) -> mmap.mmap:
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def byte_parts(path: str, size: int) -> list[tuple[str, int, int]]:
+    """(path, start, bytes) of each byte part of an upload cut with split(1) (X.gguf.part1of3 or
+    X.gguf.part01, given the first), or of the one file."""
+    m = PART_NAME.match(os.path.basename(path))
+    if not m:
+        return [(path, 0, size)]
+    no, count, width = int(m["no"]), m["count"], len(m["no"])
+    first = f"{m['base']}.part{'1'.zfill(width)}" + (f"of{count}" if count else "")
+    if no != 1:
+        raise GGUFError(f"{path}: this is byte part {no}: open the first, {first}")
+
+    def name(i: int) -> str:
+        return os.path.join(
+            os.path.dirname(path), f"{m['base']}.part{str(i).zfill(width)}" + (f"of{count}" if count else "")
+        )
+
+    parts, at, i = [(path, 0, size)], size, 2
+    while (count and i <= int(count)) or (not count and os.path.isfile(name(i))):
+        if not os.path.isfile(name(i)):
+            raise GGUFError(f"{name(i)}: byte part {i} of {count} is missing")
+        n = os.path.getsize(name(i))
+        parts.append((name(i), at, n))
+        at, i = at + n, i + 1
+    if count and os.path.isfile(name(i)):
+        raise GGUFError(f"{name(i)}: an extra byte part beside a set of {count}")
+    return parts
+
+
 def _open(path: str) -> tuple[mmap.mmap, np.ndarray, str]:
     """The file mapped read-only, as bytes, and its byte order ('<' or '>')."""
     size = os.path.getsize(path)
     if size < 24:
         raise GGUFError(f"{path}: {size} bytes is too small to be a GGUF file")
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mm = _map(path)
     magic = mm[:4]
     if magic != b"GGUF":
         raise GGUFError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
@@ -185,7 +219,11 @@ class GGUFFile:
         self._fds: dict[str, int] = {}  # for read(), each opened on first use
         if not os.path.isfile(self.path):
             raise GGUFError(f"{self.path}: no such file")
+        #: (path, start in the model's bytes, bytes) of each file the bytes are cut into
+        self._parts = byte_parts(self.path, os.path.getsize(self.path))
         self._mm, buf, order = _open(self.path)
+        self._bufs = [buf] + [np.frombuffer(_map(p), np.uint8) for p, _, _ in self._parts[1:]]
+        self._size = sum(n for _, _, n in self._parts)
         try:
             self._parse(_Cursor(buf, order))
         except GGUFError as e:
@@ -227,17 +265,29 @@ class GGUFFile:
             if name in self.tensors:
                 raise GGUFError(f"tensor {name!r} appears twice")
             end = start + offset + nbytes
-            if end > len(c.buf):
+            if end > self._size:
                 raise GGUFError(
                     f"tensor {name!r} runs past the end of the file (needs {end} bytes, file has"
-                    f" {len(c.buf)}): the file is truncated or corrupt"
+                    f" {self._size}): the file is truncated or corrupt"
                 )
             if offset != expected:  # overlapping, misaligned or out of order
                 raise GGUFError(f"tensor {name!r} has data offset {offset}, expected {expected}")
             expected += -(-nbytes // align) * align
-            data = c.buf[start + offset : end]
-            self.tensors[name] = Tensor(name, ggml_type, shape, data, start + offset, self.path)
-        self.data_offset = min((t.offset for t in self.tensors.values()), default=len(c.buf))
+            self.tensors[name] = Tensor(name, ggml_type, shape, *self._bytes(start + offset, end))
+        self.data_offset = -(-c.pos // align) * align
+
+    def _bytes(self, start: int, end: int) -> tuple[np.ndarray, int, str]:
+        """Bytes [start, end) of the model: a view of the part holding them and where in it, or
+        (straddling two byte parts) a copy in memory at offset -1 of no file."""
+        for (path, at, n), buf in zip(self._parts, self._bufs):
+            if at <= start and end <= at + n:
+                return buf[start - at : end - at], start - at, path
+        out = np.empty(end - start, np.uint8)
+        for (_, at, n), buf in zip(self._parts, self._bufs):
+            lo, hi = max(start, at), min(end, at + n)
+            if lo < hi:
+                out[lo - start : hi - start] = buf[lo - at : hi - at]
+        return out, -1, ""
 
     @staticmethod
     def _tensor_info(c: _Cursor) -> tuple[str, int, tuple[int, ...], int, int]:
@@ -289,8 +339,10 @@ class GGUFFile:
         n = t.nbytes - start if n is None else n
         if start < 0 or n < 0 or start + n > t.nbytes:
             raise ValueError(f"{t.name}: bytes [{start}, {start + n}) outside its {t.nbytes}")
+        if not t.path:  # straddled two byte parts: already in memory
+            return t.data[start : start + n].copy()
         out = np.empty(n, np.uint8)
-        path = t.path or self.path
+        path = t.path
         if path not in self._fds:  # one descriptor per file for every read (norms at load, rows per token)
             self._fds[path] = os.open(path, os.O_RDONLY)
         view, got = memoryview(out), 0
@@ -308,7 +360,7 @@ class GGUFFile:
                 f._mm.madvise(advice)
             page = mmap.PAGESIZE
             for t in tensors or []:
-                if (t.path or self.path) == f.path:
+                if t.path == f.path:
                     start = t.offset - t.offset % page
                     f._mm.madvise(advice, start, t.offset + t.nbytes - start)
 
@@ -324,13 +376,13 @@ class GGUFFile:
         h = hashlib.sha256()
         for f in self.shards:
             h.update(memoryview(f._mm)[: f.data_offset])  # the mapped header, not a second read
-            h.update(str(len(f._mm)).encode())
+            h.update(str(f._size).encode())
         return h.hexdigest()
 
     @property
     def nbytes(self) -> int:
-        """The model's size on disk: every shard."""
-        return sum(len(f._mm) for f in self.shards)
+        """The model's size on disk: every shard and byte part."""
+        return sum(f._size for f in self.shards)
 
     def check_supported(self) -> None:
         for t in self.tensors.values():

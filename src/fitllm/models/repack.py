@@ -108,10 +108,11 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
     # a copy: page-aligned anonymous memory (numpy puts large arrays on transparent huge pages:
     # filling 260 MB takes ~12 ms where 4 KiB pages take ~90)
     room = _read(path) if cached else kernels.aligned(ends[-1], 4096)
-    jobs = []
+    jobs, mem = [], {}
     for (owner, name, lin, size), at in zip(todo, ends):
         w, packed = lin.weight, room[at : at + size]
         jobs.append((w.path, (w.ggml_type, w.offset, *w.shape, packed)))
+        mem[id(packed)] = w.data  # used only where w is in memory (no path)
         # a new Linear: a tied output shares its tensor with the embedding lookup
         setattr(owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias))
     # the embedding by reads: mapping its rows would add more of the file than they are
@@ -122,7 +123,9 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
 
     def copy() -> None:
         try:
-            for shard in dict.fromkeys(p for p, _ in jobs):  # each shard of a split model in turn
+            for t, _, rows, cols, out in (job for p, job in jobs if not p):  # straddled byte parts
+                out[:] = kernels.repack(t, mem[id(out)], rows, cols)
+            for shard in dict.fromkeys(p for p, _ in jobs if p):  # each file of a split model in turn
                 fd = os.open(shard, os.O_RDONLY)
                 try:
                     kernels.repack_file(fd, [job for p, job in jobs if p == shard], threads)
