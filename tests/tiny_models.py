@@ -165,8 +165,9 @@ def rewrite(src, dst, kv=None, tensors=None) -> str:
             w.add_tensor(t.name, new[0], raw_dtype=new[1])
         elif new is not None:
             w.add_tensor(t.name, new)
-    for name in tensors.keys() - {t.name for t in r.tensors}:  # added
-        w.add_tensor(name, tensors[name])
+    for name in [n for n in tensors if n not in {t.name for t in r.tensors}]:  # added, in order
+        new = tensors[name]
+        w.add_tensor(name, *new[:1], raw_dtype=new[1]) if isinstance(new, tuple) else w.add_tensor(name, new)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -78,9 +78,11 @@ def shape_of_gguf(f, quant: str | None = None) -> ModelShape:
     """From a GGUF file's tensor table (a path or an open GGUFFile); with quant, its shapes at
     that quantization (typed as `fitllm convert --type quant` would)."""
     from fitllm.gguf import GGUFFile
+    from fitllm.models.legacy_experts import stack_legacy_experts
     from fitllm.quant import tensor_nbytes
 
     f = f if isinstance(f, GGUFFile) else GGUFFile(f)
+    stack_legacy_experts(f)  # per-expert tensors count as the experts they are
     a = f.architecture
     n_head = f.get(f"{a}.attention.head_count")
     hd = f.get(f"{a}.attention.key_length", f.get(f"{a}.embedding_length") // n_head)

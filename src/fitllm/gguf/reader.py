@@ -276,6 +276,14 @@ class GGUFFile:
             self.tensors[name] = Tensor(name, ggml_type, shape, *self._bytes(start + offset, end))
         self.data_offset = -(-c.pos // align) * align
 
+    def span(self, path: str, offset: int, n: int) -> np.ndarray:
+        """A view of n bytes at offset of one of the model's files (a shard or byte part)."""
+        for f in self.shards:
+            for (p, _, size), buf in zip(f._parts, f._bufs):
+                if p == path and 0 <= offset and offset + n <= size:
+                    return buf[offset : offset + n]
+        raise GGUFError(f"{path}: bytes [{offset}, {offset + n}) are not in the model's files")
+
     def _bytes(self, start: int, end: int) -> tuple[np.ndarray, int, str]:
         """Bytes [start, end) of the model: a view of the part holding them and where in it, or
         (straddling two byte parts) a copy in memory at offset -1 of no file."""

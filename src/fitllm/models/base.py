@@ -18,6 +18,7 @@ from fitllm import kernels
 from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.kv_cache import KVCache
 from fitllm.models.layers import Linear
+from fitllm.models.legacy_experts import stack_legacy_experts
 from fitllm.models.moe import Experts, moe_ffn
 from fitllm.models.validate import (
     MAX_CTX,
@@ -81,6 +82,7 @@ class DecoderModel:
 
     def __init__(self, f: GGUFFile) -> None:
         f.check_supported()
+        stack_legacy_experts(f)
         self.file = f
         self.hp = self.hparams_class.from_gguf(f)
         # everything sized by the hyper-parameters comes after they are checked against the tensors
