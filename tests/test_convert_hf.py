@@ -14,17 +14,22 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import golden
-from fitllm import Llama
-from fitllm.cli import main
-from fitllm.convert.grok1_checkpoint import CheckpointError
-from fitllm.convert.hf import convert_hf
-from fitllm.gguf import GGUFFile
-from grok1_fixture import TINY_VOCAB, TOKENIZER, ffn_size, write_vocab_model
-from hf_fixture import hf_logits, real_from_gguf, tiny, tokenizer_from_gguf
+from conftest import golden, require
+
+require("torch", "transformers", env="FITLLM_REQUIRE_TORCH", why="transformers is the oracle")
+
+from fitllm import Llama  # noqa: E402
+from fitllm.cli import main  # noqa: E402
+from fitllm.convert.grok1_checkpoint import CheckpointError  # noqa: E402
+from fitllm.convert.hf import convert_hf  # noqa: E402
+from fitllm.gguf import GGUFFile  # noqa: E402
+from grok1_fixture import TINY_VOCAB, TOKENIZER, ffn_size, write_vocab_model  # noqa: E402
+from hf_fixture import hf_logits, real_from_gguf, tiny, tokenizer_from_gguf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
 from strings import test_strings as sample_strings  # noqa: E402
+
+pytestmark = pytest.mark.oracle
 
 TEXT = b"The lighthouse keeper wrote the date, the weather, and 1962 ships in his notebook."
 TOKENIZER_KEYS = [

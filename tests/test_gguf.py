@@ -96,6 +96,7 @@ def test_unknown_architecture(tmp_path):
         load_model(GGUFFile(corrupt(tmp_path, data)))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cut", [50, 5000])
 def test_cli_error_is_one_line(tmp_path, tiny, cut):
     bad = corrupt(tmp_path, open(tiny, "rb").read()[:cut])
