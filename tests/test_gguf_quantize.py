@@ -42,7 +42,10 @@ def test_every_tensor_gets_llama_cpps_type(f16, name):
     assert mine == G["ftypes"][name]["types"]
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_1", "Q5_0"])
+# Q8_0 by default; Q4_1 and Q5_0 (gguf-py quantizing every tensor in numpy) in the slow tier
+@pytest.mark.parametrize(
+    "name", ["Q8_0", *(pytest.param(n, marks=pytest.mark.slow) for n in ("Q4_1", "Q5_0"))]
+)
 def test_32_block_types_are_gguf_pys(f16, written, name):
     src = {t.name: t for t in GGUFReader(f16).tensors}
     for t in GGUFReader(written(name)).tensors:
