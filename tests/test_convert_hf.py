@@ -140,7 +140,7 @@ GEMMA3 = dict(num_hidden_layers=7, sliding_window=6, head_dim=32, query_pre_attn
 
 def test_tiny_gemma3_architecture_matches_transformers(smol_tok, tmp_path):
     # the architecture (sliding window, norms, scalings) on SmolLM2's small vocabulary; Gemma's own
-    # 262k-piece one, which transformers takes most of a minute to rebuild, in the slow tier below
+    # 262k-piece one (slow for transformers to rebuild from the GGUF) in the slow tier below
     hf = tiny("gemma3", tmp_path / "g", smol_tok, 49152, **GEMMA3)
     out = convert_hf(hf, tmp_path / "g.gguf", "f32", progress=False)
     ids = Llama(str(out), verbose=False).tokenize(TEXT, add_bos=False)

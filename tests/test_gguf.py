@@ -153,7 +153,7 @@ def _gguf_py_view(path: str) -> tuple[dict, dict]:
     return meta, tensors
 
 
-# Gemma's 262k-piece vocabulary takes gguf-py's reader most of a minute: the slow tier
+# Gemma's 262k-piece vocabulary is slow through gguf-py's reader: the slow tier
 @pytest.mark.parametrize(
     "name",
     [
