@@ -20,6 +20,7 @@ if not (CHROMIUM and DRIVER):
         "needs chromium and chromedriver (apt-get install chromium chromium-driver)", allow_module_level=True
     )
 
+pytestmark = pytest.mark.e2e
 SCREENSHOT = Path(tempfile.gettempdir()) / "fitllm-chat-page.png"
 
 

@@ -262,6 +262,7 @@ def _last_line(screen: str) -> str:
     return lines[-1].rstrip() if lines else ""
 
 
+@pytest.mark.e2e
 def test_chat_in_a_real_terminal(smollm2_path, tmp_path):
     """fitllm chat in tmux: /help, Ctrl-C in a reply (typing meanwhile not shown), history with
     the Up arrow (loaded from the file, saved back), /exit with status 0."""

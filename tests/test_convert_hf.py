@@ -14,17 +14,22 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import golden
-from fitllm import Llama
-from fitllm.cli import main
-from fitllm.convert.grok1_checkpoint import CheckpointError
-from fitllm.convert.hf import convert_hf
-from fitllm.gguf import GGUFFile
-from grok1_fixture import TINY_VOCAB, TOKENIZER, ffn_size, write_vocab_model
-from hf_fixture import hf_logits, real_from_gguf, tiny, tokenizer_from_gguf
+from conftest import golden, require
+
+require("torch", "transformers", env="FITLLM_REQUIRE_TORCH", why="transformers is the oracle")
+
+from fitllm import Llama  # noqa: E402
+from fitllm.cli import main  # noqa: E402
+from fitllm.convert.grok1_checkpoint import CheckpointError  # noqa: E402
+from fitllm.convert.hf import convert_hf  # noqa: E402
+from fitllm.gguf import GGUFFile  # noqa: E402
+from grok1_fixture import TINY_VOCAB, TOKENIZER, ffn_size, write_vocab_model  # noqa: E402
+from hf_fixture import hf_logits, real_from_gguf, tiny, tokenizer_from_gguf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
 from strings import test_strings as sample_strings  # noqa: E402
+
+pytestmark = pytest.mark.oracle
 
 TEXT = b"The lighthouse keeper wrote the date, the weather, and 1962 ships in his notebook."
 TOKENIZER_KEYS = [
@@ -130,8 +135,22 @@ def test_tiny_families_match_transformers(kind, extra, smol_tok, tmp_path):
     assert np.abs(ours - ref).max() < 5e-3 * np.abs(ref).max(), kind  # f16 KV cache, as llama.cpp
 
 
+GEMMA3 = dict(num_hidden_layers=7, sliding_window=6, head_dim=32, query_pre_attn_scalar=32)
+
+
+def test_tiny_gemma3_architecture_matches_transformers(smol_tok, tmp_path):
+    # the architecture (sliding window, norms, scalings) on SmolLM2's small vocabulary; Gemma's own
+    # 262k-piece one (slow for transformers to rebuild from the GGUF) in the slow tier below
+    hf = tiny("gemma3", tmp_path / "g", smol_tok, 49152, **GEMMA3)
+    out = convert_hf(hf, tmp_path / "g.gguf", "f32", progress=False)
+    ids = Llama(str(out), verbose=False).tokenize(TEXT, add_bos=False)
+    ref, ours = hf_logits(hf, ids), our_logits(out, ids)
+    assert np.abs(ours - ref).max() < 2e-3 * np.abs(ref).max()
+
+
+@pytest.mark.slow
 def test_tiny_gemma3_sliding_window_matches_transformers(gemma_tok, tmp_path):
-    extra = dict(num_hidden_layers=7, sliding_window=6, head_dim=32, query_pre_attn_scalar=32)
+    extra = GEMMA3
     hf = tiny("gemma3", tmp_path / "g", gemma_tok, 262144, **extra)
     out = convert_hf(hf, tmp_path / "g.gguf", "f32", progress=False)
     llm = Llama(str(out), verbose=False)

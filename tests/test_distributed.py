@@ -26,6 +26,7 @@ if not shutil.which("mpirun") or not __import__("importlib").util.find_spec("mpi
         raise RuntimeError("mpirun or mpi4py is missing")
     pytest.skip("needs Open MPI (mpirun) and mpi4py", allow_module_level=True)
 
+pytestmark = pytest.mark.e2e
 JOB = str(Path(__file__).parent / "mpi_job.py")
 MPIRUN = LOCAL_MPIRUN
 

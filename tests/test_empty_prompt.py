@@ -83,12 +83,14 @@ def test_empty_prompt_without_bos_is_a_clear_error(no_bos_model):
     ]
 
 
+@pytest.mark.e2e
 def test_cli_run_with_an_empty_prompt(smollm2_path):
     r = fitllm("run", "-m", smollm2_path, "-p", "", "-n", "6", "--seed", "1", "-c", "128")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_cli_interactive_without_a_prompt(smollm2_path):
     args = ("run", "-m", smollm2_path, "-i", "-r", "User:", "-n", "6", "--seed", "1", "-c", "256")
     r = fitllm(*args, stdin="Hello\n")
@@ -96,6 +98,7 @@ def test_cli_interactive_without_a_prompt(smollm2_path):
     assert "Traceback" not in r.stderr and r.stdout.count("User:") == 2  # a turn, then EOF
 
 
+@pytest.mark.e2e
 def test_server_empty_prompt_after_another_request(smollm2_path, from_bos):
     server = Server(Llama(smollm2_path, n_ctx=256, verbose=False), parallel=1)
     with TestClient(server.app()) as client:

@@ -20,12 +20,14 @@ from tiny_models import upcycle
 
 PROMPT = b"The capital of France is Paris. The capital of Germany is"
 FRESH = 100 << 20  # a new process's memory when it has loaded fitllm and a small model
+N_LAYER = 4  # of SmolLM2's 30: every layer streams its experts alike
 
 
 @pytest.fixture(scope="module")
 def moe(smollm2_path, tmp_path_factory):
-    # SmolLM2's MLP as 8 experts with perturbed gates (routing matters), 237 MB
-    return upcycle(smollm2_path, tmp_path_factory.mktemp("moe") / "moe8.gguf", n_expert=8, noise=0.05)
+    # SmolLM2's first 4 layers, each MLP as 8 experts with perturbed gates (routing matters)
+    path = tmp_path_factory.mktemp("moe") / "moe8.gguf"
+    return upcycle(smollm2_path, path, n_expert=8, noise=0.05, n_layer=N_LAYER)
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +63,14 @@ def test_streamed_experts_give_the_same_tokens(moe, uncapped, policy, share):
         expert_cache=policy,
     )
     cache = llm._model
-    assert isinstance(cache, ExpertCache) and cache.n_slots < 8 * 30 * share + 1
+    assert isinstance(cache, ExpertCache) and cache.n_slots < 8 * N_LAYER * share + 1
     assert llm.create_completion(toks, max_tokens=16, temperature=0)["choices"][0]["text"] == text
     llm.reset()
     llm.eval(toks)
     np.testing.assert_array_equal(llm.scores[: len(toks)], logits)
     st = cache.stats
-    assert st.misses > 0 and st.bytes_read >= st.misses * cache.slot_bytes
+    # every miss read at least its expert's bytes (a slot's padding is not read at the file's end)
+    assert st.misses > 0 and st.bytes_read >= st.misses * sum(cache.parts)
     assert len(cache.slots) <= cache.n_slots  # the cache never grows past its budget
     assert "hit rate" in cache.summary()
     llm.close()

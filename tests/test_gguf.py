@@ -96,6 +96,7 @@ def test_unknown_architecture(tmp_path):
         load_model(GGUFFile(corrupt(tmp_path, data)))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cut", [50, 5000])
 def test_cli_error_is_one_line(tmp_path, tiny, cut):
     bad = corrupt(tmp_path, open(tiny, "rb").read()[:cut])
@@ -152,17 +153,27 @@ def _gguf_py_view(path: str) -> tuple[dict, dict]:
     return meta, tensors
 
 
-def test_reads_real_models_as_gguf_py_does(model_paths, tiny):
+# Gemma's 262k-piece vocabulary is slow through gguf-py's reader: the slow tier
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("smollm2", marks=pytest.mark.model),
+        pytest.param("gemma", marks=[pytest.mark.model, pytest.mark.slow]),
+        "tiny",
+    ],
+)
+def test_reads_real_models_as_gguf_py_does(request, tiny, name):
     # fitllm walks the header itself (load time); gguf-py's reader is the oracle
-    for path in [*model_paths.values(), tiny]:
-        meta, tensors = _gguf_py_view(path)
-        f = GGUFFile(path)
-        got = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in f.metadata.items()}
-        assert got == meta
-        assert {n: (t.ggml_type, t.shape, t.offset, t.nbytes) for n, t in f.tensors.items()} == tensors
-        raw = open(path, "rb").read()
-        for t in f.tensors.values():  # views of exactly the tensor's bytes
-            assert bytes(t.data) == raw[t.offset : t.offset + t.nbytes] and not t.data.flags.owndata
+    fixture = {"smollm2": "smollm2_path", "gemma": "gemma3_path", "tiny": "tiny"}[name]
+    path = request.getfixturevalue(fixture)
+    meta, tensors = _gguf_py_view(path)
+    f = GGUFFile(path)
+    got = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in f.metadata.items()}
+    assert got == meta
+    assert {n: (t.ggml_type, t.shape, t.offset, t.nbytes) for n, t in f.tensors.items()} == tensors
+    raw = open(path, "rb").read()
+    for t in f.tensors.values():  # views of exactly the tensor's bytes
+        assert bytes(t.data) == raw[t.offset : t.offset + t.nbytes] and not t.data.flags.owndata
 
 
 def test_type_table_is_gguf_pys():

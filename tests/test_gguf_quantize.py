@@ -42,7 +42,10 @@ def test_every_tensor_gets_llama_cpps_type(f16, name):
     assert mine == G["ftypes"][name]["types"]
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_1", "Q5_0"])
+# Q8_0 by default; Q4_1 and Q5_0 (gguf-py quantizing every tensor in numpy) in the slow tier
+@pytest.mark.parametrize(
+    "name", ["Q8_0", *(pytest.param(n, marks=pytest.mark.slow) for n in ("Q4_1", "Q5_0"))]
+)
 def test_32_block_types_are_gguf_pys(f16, written, name):
     src = {t.name: t for t in GGUFReader(f16).tensors}
     for t in GGUFReader(written(name)).tensors:
@@ -51,7 +54,11 @@ def test_32_block_types_are_gguf_pys(f16, written, name):
             assert np.array_equal(np.asarray(t.data), gq.quantize(x, t.tensor_type)), t.name
 
 
-@pytest.mark.parametrize("name", ["Q4_K_M", "Q6_K", "Q5_K_S", "Q3_K_M", "Q2_K"])
+# one K mix in the default run; the others (each a full quantization of SmolLM2) in the slow tier
+K_MIXES = ["Q4_K_M"] + [pytest.param(n, marks=pytest.mark.slow) for n in ("Q6_K", "Q5_K_S", "Q3_K_M", "Q2_K")]
+
+
+@pytest.mark.parametrize("name", K_MIXES)
 def test_k_errors_within_1_percent_and_llama_cpp_runs_the_file(f16, written, name):
     path = written(name)
     src = {t.name: t for t in GGUFReader(f16).tensors}

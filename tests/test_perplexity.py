@@ -30,6 +30,7 @@ def test_perplexity_agrees_with_llama_cpp(model_paths, name):
     assert len(r.running) == len(g["running"]) and r.tokens_scored == len(r.running) * (g["n_ctx"] // 2 - 1)
 
 
+@pytest.mark.e2e
 def test_cli(tmp_path):
     cmd = [sys.executable, "-m", "fitllm", "perplexity", "-f", str(DATA / "ppl_text.txt"), "-c", "128"]
     out = subprocess.run(cmd + ["--chunks", "2"], capture_output=True, text=True, check=True)

@@ -72,6 +72,7 @@ def test_pipeline_balances_bytes_around_a_big_head(gemma3_path):
         P.pipeline_split(grok, [1] * 65, 8192)
 
 
+@pytest.mark.e2e
 def test_cli_suggests_a_quantization():
     r = subprocess.run(
         [sys.executable, "-m", "fitllm", "plan", "--arch", "grok-1", "--quant", "q4_k", "--hosts", "8x32G",

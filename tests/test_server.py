@@ -21,6 +21,7 @@ import uvicorn
 from fitllm.api import Llama
 from fitllm.server import Server
 
+pytestmark = pytest.mark.e2e
 KEY = "sk-test"
 CHAT = [{"role": "user", "content": "What is 2+2?"}]
 

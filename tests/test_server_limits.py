@@ -31,6 +31,7 @@ def client(tiny):
     return TestClient(Server(Llama(tiny, n_ctx=128, verbose=False)).app(), raise_server_exceptions=False)
 
 
+@pytest.mark.e2e
 def test_a_client_that_leaves_frees_its_slot(smollm2_path, caplog):
     """A non-streaming request given up by its client stops at once: the next one on a
     one-slot server does not wait for the abandoned one's 1000 tokens."""
@@ -94,6 +95,7 @@ def test_internal_errors_and_others_say_nothing_of_the_inside(client, tiny, monk
         assert where not in r.text and "tiny.gguf" not in r.text, r.text
 
 
+@pytest.mark.e2e
 def test_slow_request_heads_and_bodies_are_dropped(tiny):
     url, u = start(Server(Llama(tiny, n_ctx=64, verbose=False), timeout=1))
     port = int(url.rsplit(":", 1)[1])
@@ -126,6 +128,7 @@ def vm_rss(pid: int) -> int:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) << 10
 
 
+@pytest.mark.e2e
 def test_big_bodies_are_refused_before_they_are_read(tiny):
     """30 prompts of 5 MB against `fitllm serve` (1 MiB limit): each 413, /health answering
     throughout, and the server's memory as it was."""

@@ -66,6 +66,7 @@ def test_ordinary_templates_render_as_before(smollm2_path):
     assert ChatTemplate(source, "<s>", "</s>").render(msgs) == plain.render(messages=msgs, **kw)
 
 
+@pytest.mark.e2e
 def test_the_server_refuses_them_and_keeps_answering(models):
     url, u = start(Server(Llama(models["loops"], n_ctx=64, verbose=False), parallel=1))
     try:

@@ -99,16 +99,20 @@ def write_tiny(
     return str(path)
 
 
-def upcycle(src, dst, n_expert=4, n_used=2, noise=0.0, seed=0) -> str:
+def upcycle(src, dst, n_expert=4, n_used=2, noise=0.0, seed=0, n_layer=None) -> str:
     """A Mixtral-layout MoE from a dense llama GGUF: every layer's MLP copied into n_expert experts
     (stacked ffn_*_exps) with a small random router. noise > 0 scales each block of each expert's
     gate projection by its own (1 + noise * N(0, 1)) (Q4_0/Q4_1/Q8_0: the fp16 d, and m), so that
-    routing matters."""
+    routing matters. n_layer: keep only the first n_layer blocks (default: all)."""
     rng = np.random.default_rng(seed)
     r = GGUFReader(str(src))
-    w = GGUFWriter(str(dst), r.fields["general.architecture"].contents())
+    arch = r.fields["general.architecture"].contents()
+    w = GGUFWriter(str(dst), arch)
     for f in r.fields.values():
         if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        if n_layer is not None and f.name == f"{arch}.block_count":
+            w.add_block_count(n_layer)
             continue
         sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
         w.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
@@ -116,6 +120,8 @@ def upcycle(src, dst, n_expert=4, n_used=2, noise=0.0, seed=0) -> str:
     w.add_expert_used_count(n_used)
     for t in r.tensors:
         parts = t.name.split(".")
+        if n_layer is not None and parts[0] == "blk" and int(parts[1]) >= n_layer:
+            continue
         if len(parts) == 4 and parts[2] in ("ffn_gate", "ffn_up", "ffn_down"):
             experts = np.stack([np.array(t.data) for _ in range(n_expert)])
             if noise and parts[2] == "ffn_gate":

@@ -82,7 +82,7 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def memory_bandwidth_gbs(n_bytes: int = 1 << 29, threads: int | None = None) -> float:
     """Memory read speed, GB/s: a 512 MiB buffer read by the compiled kernels' threads with their
-    widest loads, best of 5 (numpy's one-thread sum gave half of it on Zen 5)."""
+    widest loads, best of 5 (a one-thread numpy sum does not reach the memory's speed)."""
     import numpy as np
 
     from fitllm import kernels
@@ -98,7 +98,7 @@ def memory_bandwidth_gbs(n_bytes: int = 1 << 29, threads: int | None = None) -> 
 
 def _byte_compile() -> None:
     """fitllm's modules byte-compiled, as pip installs them (and llama_cpp's are): an editable install
-    under PYTHONDONTWRITEBYTECODE=1 would compile them again in every measured process (~10 ms)."""
+    under PYTHONDONTWRITEBYTECODE=1 would compile them again in every measured process."""
     import compileall
 
     import fitllm

@@ -1,7 +1,7 @@
 """Read a GGUF file: its metadata, and zero-copy views of its tensors in one read-only mmap.
 
-The header is walked here (string arrays located in C) rather than by gguf-py's GGUFReader, which with
-its import took 60 ms of a 190 ms load; tests check both read every file alike. Nothing is
+The header is walked here (string arrays located in C), not by gguf-py's GGUFReader, whose import
+alone is a large share of a model load; tests check both read every file alike. Nothing is
 dequantized: a Tensor holds the raw block bytes of the mapping. Every way a file can be bad ends
 in one GGUFError with a one-line message.
 """
@@ -115,7 +115,7 @@ class _Cursor:
 
 class StringArray(Sequence):
     """A GGUF string array, decoded on first use: a tokenizer loaded from the cache never reads the
-    merges (49k-260k strings, ~10 ms)."""
+    merges (49k-260k strings)."""
 
     def __init__(self, buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> None:
         self._buf, self._starts, self._lens = buf, starts, lens
@@ -144,7 +144,7 @@ class StringArray(Sequence):
 
 def _decode_strings(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray, chunk: int = 8192) -> list[str]:
     """The strings of a GGUF string array, decoded a chunk at a time (small transient copies): the
-    8-byte length prefixes made NULs, one decode, one split (~6x faster than a str per slice); one by
+    8-byte length prefixes made NULs, one decode, one split (not a str per slice); one by
     one where a string holds a NUL. (A NUL is never inside a multi-byte sequence, so each string
     decodes as it would alone.)"""
     out: list[str] = []

@@ -105,8 +105,8 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
     cached = path.is_file() and path.stat().st_size == ends[-1]
     if cached:
         os.utime(path)  # recently used: evicted last
-    # a copy: page-aligned anonymous memory (numpy puts large arrays on transparent huge pages:
-    # filling 260 MB takes ~12 ms where 4 KiB pages take ~90)
+    # a copy: page-aligned anonymous memory (numpy puts large arrays on transparent huge pages,
+    # which fill far faster than 4 KiB pages)
     room = _read(path) if cached else kernels.aligned(ends[-1], 4096)
     jobs, mem = [], {}
     for (owner, name, lin, size), at in zip(todo, ends):

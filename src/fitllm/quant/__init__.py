@@ -3,7 +3,7 @@
 Each format's specification is gguf-py's numpy reference (gguf.quants); the compiled
 dequantizers are tested bit-exact against it and the matrix products against float64.
 The type table is gguf-py's GGML_QUANT_SIZES (a test checks they agree), kept here so that
-loading a model does not import gguf-py (30 ms).
+loading a model does not import gguf-py.
 """
 
 #: ggml type id -> (name, elements per block, bytes per block)
