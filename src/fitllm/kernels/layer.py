@@ -39,7 +39,10 @@ _LAYER_INTS = (
     "act_gelu",
 )
 _LAYER_FLOATS = ("eps", "rope_base", "q_scale", "kq_scale", "attn_softcap")
-_LAYER_VECS = ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm")
+#: RoPE scaling (models/rope_scaling.py); the defaults leave the angles as they are
+_LAYER_ROPE = {"rope_freq_scale": 1.0, "rope_ext_factor": 0.0, "rope_attn_factor": 1.0, "rope_corr_lo": 0.0,
+               "rope_corr_hi": 0.0}  # fmt: skip
+_LAYER_VECS = ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm", "rope_freqs")
 _LAYER_MATS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -55,8 +58,9 @@ class LayerSpec(ctypes.Structure):
 
     _fields_ = (
         [(n, ctypes.c_int64) for n in _LAYER_INTS]
-        + [(n, ctypes.c_double) for n in _LAYER_FLOATS]
-        + [(n, Vec) for n in _LAYER_VECS]
+        + [(n, ctypes.c_double) for n in _LAYER_FLOATS + tuple(_LAYER_ROPE)]
+        + [(n, Vec) for n in _LAYER_VECS[:-1]]
+        + [("rope_freqs", Vec)]
         + [(n, Mat) for n in _LAYER_MATS]
         + [(n, ctypes.c_int64) for n in _LAYER_MOE_INTS]
         + [("gate_inp", Mat)]
@@ -85,6 +89,8 @@ def layer_spec(**kw) -> LayerSpec:
     spec.keep = kw  # the arrays must outlive the spec
     for n in _LAYER_INTS + _LAYER_FLOATS:
         setattr(spec, n, kw[n])
+    for n, default in _LAYER_ROPE.items():
+        setattr(spec, n, kw.get(n, default))
     for n in _LAYER_MOE_INTS + _LAYER_SHARD_INTS:
         setattr(spec, n, kw.get(n, 0))
     for n in _LAYER_VECS:

@@ -20,6 +20,7 @@ from fitllm.kv_cache import KVCache
 from fitllm.models.layers import Linear
 from fitllm.models.legacy_experts import stack_legacy_experts
 from fitllm.models.moe import Experts, moe_ffn
+from fitllm.models.rope_scaling import RopeScaling, rope_scaling
 from fitllm.models.validate import (
     MAX_CTX,
     MAX_LAYERS,
@@ -46,6 +47,7 @@ class HParams:
     norm_eps: float
     rope_base: float
     n_rot: int
+    rope_scaling: RopeScaling = RopeScaling()
     n_expert: int = 0  # 0: dense FFN
     n_expert_used: int = 0
 
@@ -71,6 +73,7 @@ class HParams:
             n_expert=n_expert,
             n_expert_used=int_key(f, f"{a}.expert_used_count", 0, lo=0, hi=max(n_expert, 1)),
         )
+        base["rope_scaling"] = rope_scaling(f, a, base["n_rot"], base["rope_base"], base["n_ctx_train"])
         base.update(extra)
         return cls(**{k.name: base[k.name] for k in fields(cls)})
 
@@ -159,6 +162,8 @@ class DecoderModel:
             q_scale=1.0,
             kq_scale=1.0 / np.sqrt(hp.head_dim),
             attn_softcap=0.0,
+            rope_freqs=getattr(self, "rope_freqs", None),
+            **hp.rope_scaling.spec(),
         )
         for name in ("attn_norm", "ffn_norm"):
             if not hasattr(blk, name):

@@ -4,7 +4,7 @@ Norm weights in GGUF already include Gemma's +1."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +13,7 @@ from fitllm.gguf import GGUFFile
 from fitllm.kv_cache import KVCache
 from fitllm.models.base import DecoderModel, HParams
 from fitllm.models.layers import attention, gelu_tanh, rms_norm, rope
+from fitllm.models.rope_scaling import RopeScaling
 from fitllm.models.validate import MAX_CTX, MAX_LAYERS, float_key, int_key
 
 
@@ -62,8 +63,9 @@ class Gemma3Model(DecoderModel):
         v = blk.attn_v(h).reshape(T, hp.n_head_kv, hp.head_dim)
         swa = self.is_swa(i)
         base = hp.rope_base_swa if swa else hp.rope_base
-        q = rope(q, pos, base, hp.n_rot, neox=True) * np.float32(hp.attn_scale)
-        k = rope(k, pos, base, hp.n_rot, neox=True)
+        sc, freqs = self.rope_scaling(i), getattr(self, "rope_freqs", None)
+        q = rope(q, pos, base, hp.n_rot, True, sc, freqs) * np.float32(hp.attn_scale)
+        k = rope(k, pos, base, hp.n_rot, True, sc, freqs)
         keys, values = kv.store(i, k, v)
         o = attention(q, keys, values, pos, 1.0, window=hp.sliding_window if swa else 0)
         return blk.attn_output(o)
@@ -76,9 +78,15 @@ class Gemma3Model(DecoderModel):
         h = blk.ffn_down(gelu_tanh(blk.ffn_gate(h)) * blk.ffn_up(h))
         return x + rms_norm(h, blk.post_ffw_norm, eps)
 
+    def rope_scaling(self, i: int) -> RopeScaling:
+        """llama.cpp scales the global layers' angles only (rope_freq_scale_train_swa is 1)."""
+        sc = self.hp.rope_scaling
+        return replace(sc, freq_scale=1.0) if self.is_swa(i) else sc
+
     def layer_spec(self, i: int, blk: SimpleNamespace) -> dict:
         hp, swa = self.hp, self.is_swa(i)
         return dict(
+            **self.rope_scaling(i).spec(),
             rope_neox=1,
             act_gelu=1,
             q_norm=blk.attn_q_norm,

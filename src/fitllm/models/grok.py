@@ -55,8 +55,13 @@ class GrokModel(DecoderModel):
 
     def attn(self, i: int, blk: SimpleNamespace, h: np.ndarray, pos: np.ndarray, kv: KVCache) -> np.ndarray:
         hp, T = self.hp, h.shape[0]
-        q = rope(blk.attn_q(h).reshape(T, hp.n_head, hp.head_dim), pos, hp.rope_base, hp.n_rot, neox=True)
-        k = rope(blk.attn_k(h).reshape(T, hp.n_head_kv, hp.head_dim), pos, hp.rope_base, hp.n_rot, neox=True)
+        sc, freqs = hp.rope_scaling, getattr(self, "rope_freqs", None)
+        q = rope(
+            blk.attn_q(h).reshape(T, hp.n_head, hp.head_dim), pos, hp.rope_base, hp.n_rot, True, sc, freqs
+        )
+        k = rope(
+            blk.attn_k(h).reshape(T, hp.n_head_kv, hp.head_dim), pos, hp.rope_base, hp.n_rot, True, sc, freqs
+        )
         v = blk.attn_v(h).reshape(T, hp.n_head_kv, hp.head_dim)
         keys, values = kv.store(i, k, v)
         o = attention(q, keys, values, pos, hp.attn_output_multiplier, softcap=hp.max_attn_val)

@@ -54,16 +54,29 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)))
 
 
-def rope(x: np.ndarray, pos: np.ndarray, base: float, n_rot: int, neox: bool) -> np.ndarray:
+def rope(
+    x: np.ndarray, pos: np.ndarray, base: float, n_rot: int, neox: bool, scaling=None, freqs=None
+) -> np.ndarray:
     """Rotary embedding of the first n_rot dims of each head. x: (T, H, hd).
 
     neox pairs dim i with i + n_rot/2 (GPT-NeoX, Gemma, Qwen2); otherwise (2i, 2i+1) (Llama:
-    llama.cpp's converter permutes q/k so that this form applies)."""
+    llama.cpp's converter permutes q/k so that this form applies). scaling (a RopeScaling) and
+    freqs (llama3's factors) scale the angles as ggml's rope_yarn does."""
     half = n_rot // 2
     inv = base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
-    ang = pos.astype(np.float64)[:, None] * inv[None, :]  # (T, half)
-    cos = np.cos(ang).astype(np.float32)[:, None, :]
-    sin = np.sin(ang).astype(np.float32)[:, None, :]
+    extrap = pos.astype(np.float64)[:, None] * inv[None, :]  # (T, half)
+    if freqs is not None:
+        extrap = extrap / freqs.astype(np.float64)
+    ang, mscale = extrap, 1.0
+    if scaling is not None:
+        ang, mscale = scaling.freq_scale * extrap, scaling.attn_factor
+        if scaling.ext_factor:
+            y = (np.arange(half) - scaling.corr_lo) / max(0.001, scaling.corr_hi - scaling.corr_lo)
+            mix = (1 - np.clip(y, 0, 1)) * scaling.ext_factor
+            ang = ang * (1 - mix) + extrap * mix
+            mscale *= 1.0 + 0.1 * np.log(1.0 / scaling.freq_scale)
+    cos = (np.cos(ang) * mscale).astype(np.float32)[:, None, :]
+    sin = (np.sin(ang) * mscale).astype(np.float32)[:, None, :]
     out = x.copy()
     if neox:
         a, b = x[..., :half], x[..., half:n_rot]

@@ -91,6 +91,7 @@ def expected_shapes(hp: Any, arch: str, n_ff_exp: int) -> dict[str, tuple[int, .
     E, V, hd, F = hp.n_embd, hp.n_vocab, hp.head_dim, hp.n_ff
     nq, nkv = hp.n_head * hd, hp.n_head_kv * hd
     out = {"token_embd.weight": (V, E), "output.weight": (V, E), "output_norm.weight": (E,)}
+    out["rope_freqs.weight"] = (hp.n_rot // 2,)  # llama3's frequency factors, optional
     blk = {
         "attn_norm.weight": (E,),
         "ffn_norm.weight": (E,),
@@ -135,10 +136,7 @@ def known_name(name: str) -> str:
 #: metadata keys (after "<arch>.") that change a model's math, what they do, and the values that
 #: leave it unchanged; an architecture lists in `math_keys` those it implements
 MATH_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "rope.scaling.type": ("RoPE scaling", ("none",)),
-    "rope.scaling.factor": ("RoPE scaling", (0, 1)),
-    "rope.scale_linear": ("linear RoPE scaling", (0, 1)),
-    "rope.scaling.attn_factor": ("RoPE attention scaling", (0, 1)),
+    "rope.scaling.yarn_log_multiplier": ("YaRN's log multiplier (DeepSeek)", (0,)),
     "attn_logit_softcapping": ("attention logit softcapping", (0,)),
     "final_logit_softcapping": ("final logit softcapping", (0,)),
     "attention.clamp_kqv": ("clamped q, k, v", (0,)),
@@ -150,8 +148,6 @@ MATH_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "residual_scale": ("scaled residuals", (1,)),
     "logit_scale": ("scaled logits", (1,)),
 }
-#: tensors whose absence from an architecture's list deserves more than "not used"
-TENSOR_MEANING = {"rope_freqs.weight": "llama3 RoPE frequency factors"}
 
 
 def check_math_keys(f: GGUFFile, arch: str, implemented: tuple[str, ...]) -> None:
@@ -177,10 +173,9 @@ def check_tensors(f: GGUFFile, hp: Any, arch: str) -> set[str]:
     for name, t in f.tensors.items():
         want = shapes.get(known_name(name))
         if want is None:
-            what = TENSOR_MEANING.get(known_name(name), "a tensor fitllm's blocks do not read")
             raise GGUFError(
-                f"{f.path}: tensor {name!r} ({what}) is not used by fitllm's {arch}: running without it"
-                " would give other results than llama.cpp's"
+                f"{f.path}: tensor {name!r} is not used by fitllm's {arch}: running without it would give"
+                " other results than llama.cpp's"
             )
         if tuple(t.shape) != want:
             raise GGUFError(

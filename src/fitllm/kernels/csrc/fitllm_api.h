@@ -51,7 +51,11 @@ typedef struct {
 typedef struct {
     int64_t n_embd, n_head, n_head_kv, head_dim, n_ff, n_rot, window, rope_neox, act_gelu;
     double eps, rope_base, q_scale, kq_scale, attn_softcap;
+    /* RoPE scaling as ggml's rope_yarn: angle * freq_scale (linear), YaRN's ramp between it and the
+     * unscaled angle over dims [corr_lo, corr_hi] when ext_factor != 0, cos/sin times attn_factor */
+    double rope_freq_scale, rope_ext_factor, rope_attn_factor, rope_corr_lo, rope_corr_hi;
     fl_vec attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm; /* optional: data NULL */
+    fl_vec rope_freqs; /* optional: llama3's per-pair frequency divisors (n_rot / 2) */
     fl_mat q, k, v, o, gate, up, down; /* MoE: gate/up/down hold every expert, stacked by rows */
     int64_t n_expert, n_expert_used, expert_norm_w; /* n_expert 0: a dense FFN */
     fl_mat gate_inp;                                /* the router, (n_expert, n_embd) */

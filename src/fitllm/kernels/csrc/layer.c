@@ -91,7 +91,7 @@ static int layer_check(const fl_layer *L, int64_t T, int64_t pos0, int64_t n_ctx
     /* the norms' widths: a shorter weight vector would be read past its end (E <= 0 fails them) */
     if (E <= 0 || L->n_ff <= 0 || !vec_ok(&L->attn_norm, E, 1) || !vec_ok(&L->ffn_norm, E, 1) ||
         !vec_ok(&L->post_attn_norm, E, 0) || !vec_ok(&L->post_ffn_norm, E, 0) || !vec_ok(&L->q_norm, hd, 0) ||
-        !vec_ok(&L->k_norm, hd, 0))
+        !vec_ok(&L->k_norm, hd, 0) || !vec_ok(&L->rope_freqs, L->n_rot / 2, 0))
         return FL_ESIZE;
     if (!mat_ok(&L->q, nq, E) || !mat_ok(&L->k, nkv, E) || !mat_ok(&L->v, nkv, E) || !mat_ok(&L->o, E, nq))
         return FL_ESIZE;
@@ -127,13 +127,25 @@ static void prepare(const fl_mat *const *mats, int nm, const float *x, int64_t T
     }
 }
 
-/* cos, sin of pos * base^(-2i/n_rot), the angle grown by repeated float multiplication as ggml does */
-static void rope_row(float *cs, int64_t pos, int64_t n_rot, float base) {
-    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+/* cos, sin of pos * base^(-2i/n_rot), the angle grown by repeated float multiplication, divided by
+ * the frequency factors and scaled as ggml's rope_cache_init and rope_yarn do */
+static void rope_row(const fl_layer *L, float *cs, int64_t pos) {
+    const int64_t n_rot = L->n_rot;
+    const float theta_scale = powf((float)L->rope_base, -2.0f / (float)n_rot);
+    const float freq_scale = (float)L->rope_freq_scale, ext = (float)L->rope_ext_factor;
+    const float lo = (float)L->rope_corr_lo, hi = (float)L->rope_corr_hi;
     float theta = (float)pos;
     for (int64_t i = 0; i < n_rot / 2; i++) {
-        cs[2 * i] = cosf(theta);
-        cs[2 * i + 1] = sinf(theta);
+        const float extrap = theta / (L->rope_freqs.data ? L->rope_freqs.data[i] : 1.0f);
+        const float interp = freq_scale * extrap;
+        float th = interp, mscale = (float)L->rope_attn_factor;
+        if (ext != 0.0f) {
+            const float y = ((float)i - lo) / fmaxf(0.001f, hi - lo), mix = (1 - fminf(1, fmaxf(0, y))) * ext;
+            th = interp * (1 - mix) + extrap * mix;
+            mscale *= 1.0f + 0.1f * logf(1.0f / freq_scale);
+        }
+        cs[2 * i] = cosf(th) * mscale;
+        cs[2 * i + 1] = sinf(th) * mscale;
         theta *= theta_scale;
     }
 }
@@ -216,7 +228,7 @@ static void attention_block(const fl_layer *L, work_t *w, float *x, int64_t T, i
                             uint16_t *vc, float *y, int ith, int nth) {
     const void *acts[3];
     for (int64_t t = ith; t < T; t += nth) {
-        rope_row(w->rope + t * L->n_rot, pos0 + t, L->n_rot, (float)L->rope_base);
+        rope_row(L, w->rope + t * L->n_rot, pos0 + t);
         fl_rms_row(x + t * L->n_embd, L->n_embd, L->attn_norm.data, (float)L->eps, w->h + t * L->n_embd);
     }
 #pragma omp barrier
