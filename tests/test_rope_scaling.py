@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from gguf import GGUFValueType as VT
 
+from conftest import golden
 from fitllm import Llama
 from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.models import load_model
@@ -73,14 +74,9 @@ def _fitllm(path: str) -> np.ndarray:
     return llm.scores[: len(toks)].copy()
 
 
-def _llama_cpp(path: str) -> np.ndarray:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(path, n_ctx=256, n_threads=2, logits_all=True, verbose=False)
-    toks = llm.tokenize(PROMPT)
-    llm.eval(toks)
-    out = np.array(llm.scores[: len(toks)])
-    llm.close()
-    return out
+def _at(logits: np.ndarray, g: dict) -> np.ndarray:
+    """fitllm's logits at llama.cpp's 16 highest of each position."""
+    return np.take_along_axis(logits, np.array(g["ids"]), -1)
 
 
 def _rms(a: np.ndarray) -> float:
@@ -88,19 +84,21 @@ def _rms(a: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def baseline(smollm2_path) -> float:
-    """How closely fitllm and llama.cpp agree on the unscaled model: the bar for the scaled ones."""
-    return _rms(_fitllm(smollm2_path) - _llama_cpp(smollm2_path))
+def unscaled(smollm2_path) -> np.ndarray:
+    return _fitllm(smollm2_path)
 
 
 @pytest.mark.parametrize("name", list(SCALINGS))
-def test_scaled_smollm2_agrees_with_llama_cpp(name, smollm2_path, baseline, tmp_path):
+def test_scaled_smollm2_agrees_with_llama_cpp(name, smollm2_path, unscaled, tmp_path):
+    """llama.cpp's 16 highest logits per position (tests/golden/rope_scaling.py): fitllm agrees with
+    them on the scaled model as closely as on the unscaled one, where the scaling moves them far."""
+    gold = golden("rope_scaling")
+    g, g0 = gold[name], gold["none"]
+    baseline = _rms(_at(unscaled, g0) - np.array(g0["logits"]))
     kv, tensors = SCALINGS[name]
-    path = rewrite(smollm2_path, tmp_path / f"{name}.gguf", kv=kv, tensors=tensors)
-    ours, theirs = _fitllm(path), _llama_cpp(path)
-    plain = _llama_cpp(smollm2_path)
-    assert _rms(theirs - plain) > 3 * baseline  # the scaling changes llama.cpp's logits
-    assert _rms(ours - theirs) <= 1.5 * baseline
-    top2 = np.sort(theirs, -1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] >= 2 * baseline  # not a tie at the unscaled model's agreement
-    assert (ours.argmax(-1) == theirs.argmax(-1))[clear].all()
+    ours = _fitllm(rewrite(smollm2_path, tmp_path / f"{name}.gguf", kv=kv, tensors=tensors))
+    theirs = np.array(g["logits"])
+    assert _rms(_at(unscaled, g) - theirs) > 3 * baseline  # the scaling changes llama.cpp's logits
+    assert _rms(_at(ours, g) - theirs) <= 1.5 * baseline
+    clear = theirs[:, 0] - theirs[:, 1] >= 2 * baseline  # not a tie at the unscaled model's agreement
+    assert (ours.argmax(-1) == np.array(g["ids"])[:, 0])[clear].all()

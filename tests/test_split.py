@@ -1,6 +1,7 @@
 """gguf-split shard sets: loaded as the single file (same bits), written and merged as
 llama.cpp's llama-gguf-split writes them, and every broken set refused in one line naming the shard."""
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import golden
 from fitllm import Llama
 from fitllm.gguf import GGUFError, GGUFFile
 from fitllm.gguf.split import merge_gguf, parse_split_size, split_gguf
@@ -61,6 +63,24 @@ def test_split_files_hold_what_llama_gguf_split_writes(shards, smollm2_path):
     assert order == list(one.tensors)
 
 
+def _sha(path: str) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "run, kw", [("tensors-100", {"max_tensors": 100}), ("size-40M", {"max_size": 40 * 10**6})]
+)
+def test_the_bytes_llama_gguf_split_writes(smollm2_path, tmp_path, run, kw):
+    """fitllm split and merge write byte for byte what llama.cpp's llama-gguf-split writes
+    (tests/golden/gguf_split.py): each tool loads the other's shards."""
+    gold = golden("gguf_split")
+    shards = split_gguf(smollm2_path, str(tmp_path / run), **kw)
+    assert {os.path.basename(p): _sha(p) for p in shards} == gold[run]
+    merged = merge_gguf(shards[0], str(tmp_path / "merged.gguf"))
+    assert _sha(merged) == gold["merged"]
+
+
+@pytest.mark.e2e
 def test_split_by_size_then_merge_is_the_file_again(smollm2_path, tmp_path):
     run = [sys.executable, "-m", "fitllm"]
     out = subprocess.run([*run, "split", smollm2_path, str(tmp_path / "m"), "--max-size", "40M"],
@@ -128,6 +148,7 @@ def test_merge_needs_a_set(smollm2_path, tmp_path):
         merge_gguf(smollm2_path, str(tmp_path / "m.gguf"))
 
 
+@pytest.mark.oracle
 def test_llama_cpp_runs_fitllms_shards(shards, smollm2_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     outs = []

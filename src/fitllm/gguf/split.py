@@ -21,6 +21,17 @@ log = logging.getLogger(__name__)
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 
 
+class _SplitWriter(GGUFWriter):
+    """gguf-py's splitting writer with the split keys in llama-gguf-split's order (it sets
+    split.count last), so that both tools write the same bytes."""
+
+    def add_shard_kv_data(self) -> None:
+        super().add_shard_kv_data()
+        for kv in self.kv_data if len(self.tensors) > 1 else []:
+            kv[SPLIT_KEYS[2]] = kv.pop(SPLIT_KEYS[2])
+            kv[SPLIT_KEYS[1]] = kv.pop(SPLIT_KEYS[1])
+
+
 def parse_split_size(text: str) -> int:
     """gguf-split's --split-max-size: a positive whole number of M (10^6) or G (10^9) bytes."""
     m = re.fullmatch(r"([0-9]+)([MG])", text.strip())
@@ -70,7 +81,7 @@ def split_gguf(src: str, prefix: str, max_size: int = 0, max_tensors: int = 0) -
     out = Path(prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
-        w = GGUFWriter(None, f.architecture, split_max_tensors=max_tensors, split_max_size=max_size)
+        w = _SplitWriter(None, f.architecture, split_max_tensors=max_tensors, split_max_size=max_size)
         _copy_metadata(f, w, SPLIT_KEYS)
         files = _write(w, f, Path(d), out.name)
         if len(files) == 1:  # gguf-py writes one plain file; llama-gguf-split names it as a set of 1
