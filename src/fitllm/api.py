@@ -352,7 +352,7 @@ class Llama:
 
     @property
     def _rng(self) -> np.random.Generator:
-        if self._rng_ is None:  # made when first sampled from: numpy.random costs 6 ms to import
+        if self._rng_ is None:  # made when first sampled from: importing numpy.random is slow
             self._rng_ = np.random.default_rng(self._seed)
         return self._rng_
 
