@@ -68,7 +68,12 @@ def _sha(path: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "run, kw", [("tensors-100", {"max_tensors": 100}), ("size-40M", {"max_size": 40 * 10**6})]
+    "run, kw",
+    [
+        ("tensors-100", {"max_tensors": 100}),
+        ("size-40M", {"max_size": 40 * 10**6}),
+        ("size-4G", {"max_size": 4 * 10**9}),  # a set of one shard
+    ],
 )
 def test_the_bytes_llama_gguf_split_writes(smollm2_path, tmp_path, run, kw):
     """fitllm split and merge write byte for byte what llama.cpp's llama-gguf-split writes

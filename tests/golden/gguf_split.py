@@ -12,7 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-RUNS = {"tensors-100": ["--split-max-tensors", "100"], "size-40M": ["--split-max-size", "40M"]}
+RUNS = {
+    "tensors-100": ["--split-max-tensors", "100"],
+    "size-40M": ["--split-max-size", "40M"],
+    "size-4G": ["--split-max-size", "4G"],  # a set of one
+}
 
 
 def sha(path: Path) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
+from gguf.gguf_writer import GGUFValue
 
 from fitllm.gguf.reader import GGUFError, GGUFFile, Tensor
 from fitllm.quant import GGML_TYPES
@@ -26,10 +27,13 @@ class _SplitWriter(GGUFWriter):
     split.count last), so that both tools write the same bytes."""
 
     def add_shard_kv_data(self) -> None:
-        super().add_shard_kv_data()
-        for kv in self.kv_data if len(self.tensors) > 1 else []:
-            kv[SPLIT_KEYS[2]] = kv.pop(SPLIT_KEYS[2])
-            kv[SPLIT_KEYS[1]] = kv.pop(SPLIT_KEYS[1])
+        n, total = len(self.tensors), sum(len(t) for t in self.tensors)
+        for i, kv in enumerate(self.kv_data + [{} for _ in range(len(self.kv_data), n)]):
+            kv[SPLIT_KEYS[0]] = GGUFValue(i, GGUFValueType.UINT16)
+            kv[SPLIT_KEYS[2]] = GGUFValue(total, GGUFValueType.INT32)
+            kv[SPLIT_KEYS[1]] = GGUFValue(n, GGUFValueType.UINT16)  # a set of one is a set too
+            if i >= len(self.kv_data):
+                self.kv_data.append(kv)
 
 
 def parse_split_size(text: str) -> int:
@@ -84,7 +88,7 @@ def split_gguf(src: str, prefix: str, max_size: int = 0, max_tensors: int = 0) -
         w = _SplitWriter(None, f.architecture, split_max_tensors=max_tensors, split_max_size=max_size)
         _copy_metadata(f, w, SPLIT_KEYS)
         files = _write(w, f, Path(d), out.name)
-        if len(files) == 1:  # gguf-py writes one plain file; llama-gguf-split names it as a set of 1
+        if len(files) == 1:  # gguf-py names a set of one as a plain file; llama-gguf-split does not
             one = Path(d) / f"{out.name}-00001-of-00001.gguf"
             files[0].rename(one)
             files = [one]
@@ -99,8 +103,8 @@ def merge_gguf(first: str, dst: str) -> str:
     """One GGUF from a shard set (given its first shard), as llama-gguf-split --merge writes it:
     the first shard's metadata with split.count 0."""
     f = GGUFFile(first)
-    if len(f.shards) < 2:
-        raise GGUFError(f"{first}: not the first shard of a gguf-split set (split.count < 2)")
+    if f.metadata.get("split.count", 0) < 1 or f.metadata.get("split.no", 0) != 0:
+        raise GGUFError(f"{first}: not the first shard of a gguf-split set (no split.count)")
     if os.path.exists(dst):
         raise ValueError(f"{dst} exists: merge does not overwrite it")
     out = Path(dst)
