@@ -16,6 +16,7 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 from gguf.gguf_writer import GGUFValue
 
 from fitllm.gguf.reader import GGUFError, GGUFFile, Tensor
+from fitllm.gguf.writer import copy_metadata
 from fitllm.quant import GGML_TYPES
 
 log = logging.getLogger(__name__)
@@ -50,22 +51,6 @@ def _byte_view(t: Tensor) -> np.ndarray:
     return t.data.reshape(*t.shape[:-1], t.shape[-1] // block * size)
 
 
-def _copy_metadata(f: GGUFFile, w: GGUFWriter, skip: tuple[str, ...] = (), set_: dict | None = None) -> None:
-    """f's metadata into w in its order, less `skip`, with the values in `set_` replaced."""
-    for key, value in f.metadata.items():
-        if key == "general.architecture" or key in skip:
-            continue
-        value = (set_ or {}).get(key, value)
-        if key == "general.alignment":
-            w.add_custom_alignment(value)
-            continue
-        vtype, sub = f.value_types[key]
-        value = value.tolist() if isinstance(value, np.ndarray) else list(value) if sub is not None else value
-        w.add_key_value(
-            key, value, GGUFValueType(vtype), sub_type=None if sub is None else GGUFValueType(sub)
-        )
-
-
 def _write(w: GGUFWriter, f: GGUFFile, tmp: Path, stem: str) -> list[Path]:
     for t in f.tensors.values():
         w.add_tensor(t.name, _byte_view(t), raw_dtype=GGMLQuantizationType(t.ggml_type))
@@ -86,7 +71,7 @@ def split_gguf(src: str, prefix: str, max_size: int = 0, max_tensors: int = 0) -
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
         w = _SplitWriter(None, f.architecture, split_max_tensors=max_tensors, split_max_size=max_size)
-        _copy_metadata(f, w, SPLIT_KEYS)
+        copy_metadata(f, w, SPLIT_KEYS)
         files = _write(w, f, Path(d), out.name)
         if len(files) == 1:  # gguf-py names a set of one as a plain file; llama-gguf-split does not
             one = Path(d) / f"{out.name}-00001-of-00001.gguf"
@@ -110,7 +95,7 @@ def merge_gguf(first: str, dst: str) -> str:
     out = Path(dst)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent or ".") as d:
         w = GGUFWriter(None, f.architecture)
-        _copy_metadata(f, w, set_={"split.count": 0})  # not a set any more, as llama.cpp marks it
+        copy_metadata(f, w, set_={"split.count": 0})  # not a set any more, as llama.cpp marks it
         files = _write(w, f, Path(d), "merged")
         os.replace(files[0], out)
     return str(out)

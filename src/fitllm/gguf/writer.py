@@ -11,8 +11,9 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
+from fitllm.gguf.reader import GGUFFile
 from fitllm.quant import tensor_nbytes
 
 
@@ -70,3 +71,20 @@ class GGUFStreamWriter:
             return
         self.meta.close()
         self.part.unlink(missing_ok=True)
+
+
+def copy_metadata(f: GGUFFile, w: GGUFWriter, skip: tuple[str, ...] = (), set_: dict | None = None) -> None:
+    """f's metadata into w (gguf-py's writer) in its order, less general.architecture (w has it) and
+    `skip`, with the values in `set_` replaced; general.alignment also sets w's data alignment."""
+    for key, value in f.metadata.items():
+        if key == "general.architecture" or key in skip:
+            continue
+        value = (set_ or {}).get(key, value)
+        if key == "general.alignment":
+            w.add_custom_alignment(value)
+            continue
+        vtype, sub = f.value_types[key]
+        value = value.tolist() if isinstance(value, np.ndarray) else list(value) if sub is not None else value
+        w.add_key_value(
+            key, value, GGUFValueType(vtype), sub_type=None if sub is None else GGUFValueType(sub)
+        )

@@ -12,29 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUFValueType
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 from tqdm import tqdm
 
 from fitllm import kernels
 from fitllm.gguf import GGUFFile
-from fitllm.gguf.writer import GGUFStreamWriter
+from fitllm.gguf.writer import GGUFStreamWriter, copy_metadata
 from fitllm.quant.quantize import quantize
 from fitllm.quant.recipe import FLOAT, Recipe
 
 log = logging.getLogger(__name__)
 SLICE_ELEMENTS = 1 << 21  # per worker task
 SKIP_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
-
-
-def _copy_metadata(f: GGUFFile, w: GGUFStreamWriter) -> None:
-    for key, value in f.metadata.items():
-        if key not in SKIP_KEYS:
-            vtype, sub = f.value_types[key]
-            value = value.tolist() if isinstance(value, np.ndarray) else value
-            w.meta.add_key_value(
-                key, value, GGUFValueType(vtype), sub_type=None if sub is None else GGUFValueType(sub)
-            )
 
 
 def encode_rows(read, rows: int, cols: int, new: Q, threads: int, pool: ThreadPoolExecutor):
@@ -81,7 +71,7 @@ def quantize_gguf(src: str, dst: str, type_name: str, threads: int = 2, progress
     _log_fallbacks(recipe, f, plan)
     total = sum(t.nbytes for t in f.tensors.values())
     with GGUFStreamWriter(dst, a) as w, ThreadPoolExecutor(threads) as pool:
-        _copy_metadata(f, w)
+        copy_metadata(f, w.meta, SKIP_KEYS)
         w.meta.add_file_type(recipe.file_type)
         w.meta.add_quantization_version(2)
         for n, t in f.tensors.items():
