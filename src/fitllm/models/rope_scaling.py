@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fitllm.gguf import GGUFError, GGUFFile
+from fitllm.models.validate import float_key
 
 #: ggml's defaults (llama-hparams.h); llama.cpp reads no key for them
 YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0
@@ -46,13 +47,6 @@ def corr_dims(n_dims: int, n_ctx_orig: int, base: float) -> tuple[float, float]:
     return float(max(0, start)), float(min(n_dims - 1, end))
 
 
-def _number(f: GGUFFile, key: str, default: float) -> float:
-    v = f.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise GGUFError(f"{f.path}: metadata {key} = {v!r} is not a non-negative number")
-    return float(v)
-
-
 def rope_scaling(f: GGUFFile, arch: str, n_rot: int, base: float, n_ctx_train: int) -> RopeScaling:
     """The file's RoPE scaling; a type llama.cpp knows and fitllm does not is a GGUFError."""
     kind = f.get(f"{arch}.rope.scaling.type", "linear")  # llama.cpp's default when a factor is given
@@ -61,10 +55,12 @@ def rope_scaling(f: GGUFFile, arch: str, n_rot: int, base: float, n_ctx_train: i
             f"{f.path}: metadata {arch}.rope.scaling.type = {kind!r} is not implemented"
             f" (known: {', '.join(TYPES)})"
         )
-    factor = _number(f, f"{arch}.rope.scaling.factor", 0.0) or _number(f, f"{arch}.rope.scale_linear", 0.0)
+    factor = float_key(f, f"{arch}.rope.scaling.factor", 0.0) or float_key(
+        f, f"{arch}.rope.scale_linear", 0.0
+    )
     f32 = np.float32
     freq_scale = 1.0 if kind == "none" or factor == 0.0 else float(f32(1.0) / f32(factor))
-    attn = f32(_number(f, f"{arch}.rope.scaling.attn_factor", 1.0) or 1.0)
+    attn = f32(float_key(f, f"{arch}.rope.scaling.attn_factor", 1.0) or 1.0)
     if kind != "yarn":
         return RopeScaling(freq_scale, 0.0, float(attn))
     s = f32(1.0) / f32(freq_scale)  # llama_context: get_mscale(s, 1), then cancelled against ggml's own
