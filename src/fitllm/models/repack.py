@@ -108,11 +108,10 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
     # a copy: page-aligned anonymous memory (numpy puts large arrays on transparent huge pages,
     # which fill far faster than 4 KiB pages)
     room = _read(path) if cached else kernels.aligned(ends[-1], 4096)
-    jobs, mem = [], {}
+    jobs = []  # (the matrix as the file holds it, where its strips go)
     for (owner, name, lin, size), at in zip(todo, ends):
         w, packed = lin.weight, room[at : at + size]
-        jobs.append((w.path, (w.ggml_type, w.offset, *w.shape, packed)))
-        mem[id(packed)] = w.data  # used only where w is in memory (no path)
+        jobs.append((w, packed))
         # a new Linear: a tied output shares its tensor with the embedding lookup
         setattr(owner, name, Linear(Tensor(w.name, w.ggml_type | kernels.PACKED, w.shape, packed), lin.bias))
     # the embedding by reads: mapping its rows would add more of the file than they are
@@ -123,12 +122,13 @@ def repack(model: DecoderModel, threads: int = 1) -> Callable[[], None] | None:
 
     def copy() -> None:
         try:
-            for t, _, rows, cols, out in (job for p, job in jobs if not p):  # straddled byte parts
-                out[:] = kernels.repack(t, mem[id(out)], rows, cols)
-            for shard in dict.fromkeys(p for p, _ in jobs if p):  # each file of a split model in turn
+            for w, out in (job for job in jobs if not job[0].path):  # straddled byte parts: in memory
+                out[:] = kernels.repack(w.ggml_type, w.data, *w.shape)
+            for shard in dict.fromkeys(w.path for w, _ in jobs if w.path):  # each file of a split model
                 fd = os.open(shard, os.O_RDONLY)
                 try:
-                    kernels.repack_file(fd, [job for p, job in jobs if p == shard], threads)
+                    mine = [(w.ggml_type, w.offset, *w.shape, out) for w, out in jobs if w.path == shard]
+                    kernels.repack_file(fd, mine, threads)
                 finally:
                     os.close(fd)
         except BaseException as e:  # raised by the waiter
