@@ -22,14 +22,14 @@ def byte_parts(path: str, size: int) -> list[tuple[str, int, int]]:
     if not m:
         return [(path, 0, size)]
     no, count, width = int(m["no"]), m["count"], len(m["no"])
-    first = f"{m['base']}.part{'1'.zfill(width)}" + (f"of{count}" if count else "")
-    if no != 1:
-        raise GGUFError(f"{path}: this is byte part {no}: open the first, {first}")
 
     def name(i: int) -> str:
         return os.path.join(
             os.path.dirname(path), f"{m['base']}.part{str(i).zfill(width)}" + (f"of{count}" if count else "")
         )
+
+    if no != 1:
+        raise GGUFError(f"{path}: this is byte part {no}: open the first, {os.path.basename(name(1))}")
 
     parts, at, i = [(path, 0, size)], size, 2
     while (count and i <= int(count)) or (not count and os.path.isfile(name(i))):
