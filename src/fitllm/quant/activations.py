@@ -27,6 +27,10 @@ KIND = {
     T.Q4_K: "q8_k",
     T.Q5_K: "q8_k",
     T.Q6_K: "q8_k",
+    T.IQ4_NL: "q8_0",
+    T.MXFP4: "q8_0",
+    **{t: "q8_k" for t in (T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M, T.IQ4_XS)},
+    **{t: "q8_k" for t in (T.TQ1_0, T.TQ2_0)},
 }
 
 

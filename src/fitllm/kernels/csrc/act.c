@@ -3,7 +3,9 @@
  * the order of float additions:
  *   Q4_0 Q5_0 Q8_0 -> Q8_0: blocks of 32, d = amax/127 kept as fp16, quants from 127/amax;
  *   Q4_1 Q5_1      -> Q8_1: as Q8_0, plus s = d * sum(q) kept as fp16;
- *   K-quants       -> Q8_K: blocks of 256, iscale = -127/max (signed max), d = 1/iscale (f32);
+ *   IQ4_NL MXFP4   -> Q8_0;
+ *   K-quants, the other i-quants, TQ1_0 TQ2_0 -> Q8_K: blocks of 256, iscale = -127/max (signed max),
+ *                     d = 1/iscale (f32);
  *   F16 / BF16     -> the activations rounded to fp16 / bf16 (held as floats); F32 -> as is.
  * Every kind is stored as fl_q8 records (d, s0, s1, q[32]) that the dot kernels read. */
 #include <math.h>
@@ -14,7 +16,7 @@ int fl_act_kind(int type) {
     case FL_F32: return FL_ACT_F32;
     case FL_F16: return FL_ACT_F16;
     case FL_BF16: return FL_ACT_BF16;
-    case FL_Q4_0: case FL_Q5_0: case FL_Q8_0: return FL_ACT_Q8_0;
+    case FL_Q4_0: case FL_Q5_0: case FL_Q8_0: case FL_IQ4_NL: case FL_MXFP4: return FL_ACT_Q8_0;
     case FL_Q4_1: case FL_Q5_1: return FL_ACT_Q8_1;
     default: return FL_ACT_Q8_K;
     }

@@ -12,8 +12,10 @@
 
 enum {
     FL_F32 = 0, FL_F16 = 1, FL_Q4_0 = 2, FL_Q4_1 = 3, FL_Q5_0 = 6, FL_Q5_1 = 7, FL_Q8_0 = 8,
-    FL_Q2_K = 10, FL_Q3_K = 11, FL_Q4_K = 12, FL_Q5_K = 13, FL_Q6_K = 14, FL_BF16 = 30,
-    FL_NTYPES = 31
+    FL_Q2_K = 10, FL_Q3_K = 11, FL_Q4_K = 12, FL_Q5_K = 13, FL_Q6_K = 14, FL_IQ2_XXS = 16, FL_IQ2_XS = 17,
+    FL_IQ3_XXS = 18, FL_IQ1_S = 19, FL_IQ4_NL = 20, FL_IQ3_S = 21, FL_IQ2_S = 22, FL_IQ4_XS = 23, FL_IQ1_M = 29,
+    FL_BF16 = 30, FL_TQ1_0 = 34, FL_TQ2_0 = 35, FL_MXFP4 = 39,
+    FL_NTYPES = 40
 };
 
 /* error codes returned by the public functions */
