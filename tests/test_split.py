@@ -211,3 +211,46 @@ def test_broken_byte_parts_are_one_line(smollm2_path, tmp_path):
     os.remove(parts[2])  # without a count, the parts present are the file: it ends too soon
     with pytest.raises(GGUFError, match=r"runs past the end of the file"):
         GGUFFile(parts[0])
+
+
+def _served_completion(first: str, prompt: str, n: int) -> str:
+    """`fitllm serve -m first` in a subprocess; its greedy completion of prompt."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "fitllm", "serve", "-m", first, "--port", str(port), "-t", "2", "-c", "256"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
+    try:
+        while True:
+            assert p.poll() is None, p.stderr.read().decode()
+            assert time.time() < deadline, "the server did not start"
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        body = {"prompt": prompt, "max_tokens": n, "temperature": 0}
+        r = httpx.post(url + "/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+@pytest.mark.e2e
+def test_server_on_shards_and_byte_parts(shards, smollm2_path, tmp_path):
+    prompt, n = "The three primary colors are", 24
+    llm = Llama(smollm2_path, n_ctx=256, n_threads=2, verbose=False)
+    want = llm.create_completion(prompt, max_tokens=n, temperature=0)["choices"][0]["text"]
+    llm.close()
+    parts = _cut(smollm2_path, tmp_path, [f"smol.gguf.part{i}of3" for i in (1, 2, 3)])
+    assert len(want) > 20
+    assert _served_completion(shards[0], prompt, n) == want
+    assert _served_completion(parts[0], prompt, n) == want
